@@ -1,0 +1,116 @@
+"""Settings: read once from the environment (and `.env`), validated, handed to constructors."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names it and says what to do."""
+
+
+def default_token_cache() -> str:
+    """Per-user state file, outside the project so a checkout never holds tokens."""
+    base = os.environ.get("XDG_STATE_HOME") or os.path.join(Path.home(), ".local", "state")
+    return os.path.join(base, "amq", "token.json")
+
+
+# Defaults in one mapping; every key is also the environment variable's name.
+DEFAULTS: dict[str, str] = {
+    "AMAZONQ_REFRESH_TOKEN": "",
+    "AMAZONQ_CLIENT_ID": "",
+    "AMAZONQ_CLIENT_SECRET": "",
+    "AMAZONQ_PROFILE_ARN": "",
+    "AMAZONQ_API_ENDPOINT": "https://q.us-east-1.amazonaws.com/",
+    "AMAZONQ_TOKEN_ENDPOINT": "https://oidc.us-east-1.amazonaws.com/token",
+    "AMAZONQ_TOKEN_CACHE": "",
+    # Spec 1.1: the RPC binding is what the Q CLI uses; REST is UNCONFIRMED on q.* hosts.
+    "AMAZONQ_API_BINDING": "rpc",
+    # Spec 1.4: the Q CLI sends CLI; Kiro clients send other values.
+    "AMAZONQ_ORIGIN": "CLI",
+    # Where unknown Claude model names go (spec 5.2: availability per account is UNCONFIRMED).
+    "AMAZONQ_DEFAULT_MODEL": "claude-sonnet-4.5",
+    # "claude-name=q-id,..." overrides, applied before the built-in table.
+    "AMAZONQ_MODEL_MAP": "",
+    "UPSTREAM_CONNECT_TIMEOUT": "10",
+    "UPSTREAM_READ_TIMEOUT": "300",
+    "PORT": "8080",
+    "LOG_LEVEL": "INFO",
+}
+
+REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET")
+
+
+@dataclass(frozen=True)
+class Settings:
+    refresh_token: str
+    client_id: str
+    client_secret: str
+    profile_arn: str
+    api_endpoint: str
+    token_endpoint: str
+    token_cache: str
+    api_binding: str
+    origin: str
+    default_model: str
+    model_map: dict[str, str] = field(default_factory=dict)
+    connect_timeout: float = 10.0
+    read_timeout: float = 300.0
+    port: int = 8080
+    log_level: str = "INFO"
+
+
+def _parse_model_map(raw: str) -> dict[str, str]:
+    mapping = {}
+    for item in filter(None, (part.strip() for part in raw.split(","))):
+        name, sep, target = item.partition("=")
+        if not sep or not name.strip() or not target.strip():
+            raise ConfigError(
+                f"AMAZONQ_MODEL_MAP: '{item}' is not of the form claude-name=q-model-id"
+            )
+        mapping[name.strip()] = target.strip()
+    return mapping
+
+
+def _number(values: dict, key: str, kind=float):
+    try:
+        value = kind(values[key])
+    except ValueError:
+        raise ConfigError(f"{key} must be a number, got '{values[key]}'") from None
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got '{values[key]}'")
+    return value
+
+
+def load_settings(environ: dict | None = None) -> Settings:
+    """Build Settings from `environ` (default: os.environ) laid over DEFAULTS.
+
+    The credentials (REQUIRED) are checked by the token manager, which also knows what the
+    token cache holds.
+    :raises ConfigError: naming the first malformed setting.
+    """
+    env = os.environ if environ is None else environ
+    values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
+    if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
+        raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
+    for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
+        if not values[key].startswith(("http://", "https://")):
+            raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
+    return Settings(
+        refresh_token=values["AMAZONQ_REFRESH_TOKEN"],
+        client_id=values["AMAZONQ_CLIENT_ID"],
+        client_secret=values["AMAZONQ_CLIENT_SECRET"],
+        profile_arn=values["AMAZONQ_PROFILE_ARN"],
+        api_endpoint=values["AMAZONQ_API_ENDPOINT"],
+        token_endpoint=values["AMAZONQ_TOKEN_ENDPOINT"],
+        token_cache=values["AMAZONQ_TOKEN_CACHE"] or default_token_cache(),
+        api_binding=values["AMAZONQ_API_BINDING"],
+        origin=values["AMAZONQ_ORIGIN"],
+        default_model=values["AMAZONQ_DEFAULT_MODEL"],
+        model_map=_parse_model_map(values["AMAZONQ_MODEL_MAP"]),
+        connect_timeout=_number(values, "UPSTREAM_CONNECT_TIMEOUT"),
+        read_timeout=_number(values, "UPSTREAM_READ_TIMEOUT"),
+        port=_number(values, "PORT", int),
+        log_level=values["LOG_LEVEL"].upper(),
+    )

@@ -1,0 +1,411 @@
+"""Converts an Anthropic Messages request into a Q GenerateAssistantResponse body (pure functions).
+
+Q is strict about conversation shape (spec 1.3-1.6): history alternates user/assistant from a
+user turn, every tool use is answered in the next user turn, tool names match a pattern and
+exist in the current tool list. Everything here exists to send only what Q accepts while
+keeping every piece of the client's conversation.
+"""
+from __future__ import annotations
+
+import binascii
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+
+from .errors import InvalidRequest
+
+MAX_DESCRIPTION = 10_240
+MAX_IMAGES_PER_MESSAGE = 10
+_NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
+_NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
+                 "image/gif": "gif", "image/webp": "webp"}
+# Placeholders where Q needs content the client did not give (spec 1.6a).
+EMPTY_USER = "(empty message)"
+EMPTY_ASSISTANT = "(no text)"
+EMPTY_TOOL_RESULT = "(no output)"
+MISSING_TOOL_RESULT = "No result was sent for this tool call; treat it as not run."
+CONTINUE_PREFILL = "Continue your previous message exactly where it ends, without repeating it."
+CONTEXT_ACK = "Understood. I will follow these instructions."
+STUB_TOOL_DESCRIPTION = ("This tool was used earlier in the conversation but is not offered now. "
+                         "Do not call it.")
+SERVER_TOOL_RESULT = re.compile(r"^[a-z_]+_tool_result$")
+ASSISTANT_ONLY = {"tool_use", "thinking", "redacted_thinking", "server_tool_use"}
+USER_ONLY = {"tool_result", "image", "document", "search_result"}
+
+
+@dataclass
+class Conversion:
+    """The Q request body plus what the response side needs to undo the conversion."""
+
+    body: dict
+    tool_names: dict[str, str] = field(default_factory=dict)  # Q name -> client's name
+
+
+def q_tool_name(name: str) -> str:
+    """A name Q accepts, reversible through Conversion.tool_names (stable across turns)."""
+    if _NAME_OK.match(name):
+        return name
+    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    return _NAME_BAD_CHARS.sub("_", name)[:55] + "_" + digest
+
+
+def q_tool_use_id(tool_use_id: str) -> str:
+    """Tool-use ids must match Q's pattern too; uses and results map the same way."""
+    if _NAME_OK.match(tool_use_id):
+        return tool_use_id
+    return "tooluse_" + hashlib.sha1(tool_use_id.encode("utf-8")).hexdigest()[:32]
+
+
+class _Turn:
+    """One Q message under construction: user or assistant parts in client order."""
+
+    def __init__(self, role: str):
+        self.role = role
+        self.texts: list[str] = []
+        self.images: list[dict] = []
+        self.tool_results: list[dict] = []
+        self.tool_uses: list[dict] = []
+
+
+def _text_of(value, where: str) -> str:
+    """`system`-style content: a string or a list of text blocks."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list):
+        parts = []
+        for i, block in enumerate(value):
+            if not isinstance(block, dict) or block.get("type") != "text":
+                raise InvalidRequest(f"{where}.{i}: expected a text block")
+            if not isinstance(block.get("text"), str):
+                raise InvalidRequest(f"{where}.{i}.text: must be a string")
+            parts.append(block["text"])
+        return "\n\n".join(parts)
+    raise InvalidRequest(f"{where}: must be a string or a list of text blocks")
+
+
+def _image(block: dict, where: str) -> dict | str:
+    """A Q ImageBlock, or a text note for sources Q cannot take (nothing is fetched)."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{where}.source: must be an object")
+    if source.get("type") == "url":
+        return f"[Image at {source.get('url')} (not fetched: amq forwards base64 images only)]"
+    if source.get("type") != "base64":
+        raise InvalidRequest(f"{where}.source.type: must be 'base64' or 'url'")
+    fmt = IMAGE_FORMATS.get(str(source.get("media_type", "")).lower())
+    if not fmt:
+        raise InvalidRequest(
+            f"{where}.source.media_type: must be one of image/png, image/jpeg, image/gif, image/webp"
+        )
+    data = source.get("data")
+    if not isinstance(data, str) or not data:
+        raise InvalidRequest(f"{where}.source.data: must be a non-empty base64 string")
+    try:
+        binascii.a2b_base64(data.encode("ascii"), strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError):
+        raise InvalidRequest(f"{where}.source.data: is not valid base64") from None
+    return {"format": fmt, "source": {"bytes": data}}
+
+
+def _document_text(block: dict, where: str) -> str:
+    """Documents become text: Q's document field exists only in its newest model."""
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise InvalidRequest(f"{where}.source: must be an object")
+    title = block.get("title") or "document"
+    kind = source.get("type")
+    if kind == "text":
+        body = source.get("data")
+        if not isinstance(body, str):
+            raise InvalidRequest(f"{where}.source.data: must be a string")
+    elif kind == "content":
+        content = source.get("content")
+        body = content if isinstance(content, str) else _text_of(
+            [b for b in content if isinstance(b, dict) and b.get("type") == "text"]
+            if isinstance(content, list) else content, f"{where}.source.content")
+    else:
+        return f"[Document '{title}' ({kind} source) omitted: amq forwards text documents only]"
+    context = f"\n{block['context']}" if isinstance(block.get("context"), str) else ""
+    return f"<document title=\"{title}\">{context}\n{body}\n</document>"
+
+
+def _search_result_text(block: dict) -> str:
+    parts = [b.get("text", "") for b in block.get("content") or [] if isinstance(b, dict)]
+    return f"<search_result title=\"{block.get('title', '')}\" source=\"{block.get('source', '')}\">\n" \
+           + "\n".join(parts) + "\n</search_result>"
+
+
+def _tool_result(block: dict, where: str, turn: _Turn) -> dict:
+    """A Q ToolResult; images inside it move to the message (Q results hold text/json only)."""
+    tool_use_id = block.get("tool_use_id")
+    if not isinstance(tool_use_id, str) or not tool_use_id:
+        raise InvalidRequest(f"{where}.tool_use_id: must be a non-empty string")
+    content = block.get("content")
+    texts: list[str] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for k, part in enumerate(content):
+            part_where = f"{where}.content.{k}"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind == "text":
+                if not isinstance(part.get("text"), str):
+                    raise InvalidRequest(f"{part_where}.text: must be a string")
+                texts.append(part["text"])
+            elif kind == "image":
+                image = _image(part, part_where)
+                if isinstance(image, str):
+                    texts.append(image)
+                else:
+                    turn.images.append(image)
+                    texts.append("[image attached to this message]")
+            elif kind == "document":
+                texts.append(_document_text(part, part_where))
+            elif kind == "search_result":
+                texts.append(_search_result_text(part))
+            else:
+                raise InvalidRequest(f"{part_where}.type: unsupported tool_result content {kind!r}")
+    elif content is not None:
+        raise InvalidRequest(f"{where}.content: must be a string or a list of blocks")
+    text = "\n".join(t for t in texts if t) or EMPTY_TOOL_RESULT
+    return {
+        "toolUseId": q_tool_use_id(tool_use_id),
+        "content": [{"text": text}],
+        "status": "error" if block.get("is_error") else "success",
+    }
+
+
+def _add_block(turn: _Turn, block, where: str) -> None:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise InvalidRequest(f"{where}: must be an object with a string 'type'")
+    kind = block["type"]
+    if kind in ASSISTANT_ONLY and turn.role != "assistant":
+        raise InvalidRequest(f"{where}.type: '{kind}' blocks are only allowed in assistant messages")
+    if kind in USER_ONLY and turn.role != "user":
+        raise InvalidRequest(f"{where}.type: '{kind}' blocks are only allowed in user messages")
+    if kind == "text":
+        if not isinstance(block.get("text"), str):
+            raise InvalidRequest(f"{where}.text: must be a string")
+        turn.texts.append(block["text"])
+    elif kind == "image":
+        image = _image(block, where)
+        if isinstance(image, str):
+            turn.texts.append(image)
+        else:
+            turn.images.append(image)
+    elif kind == "document":
+        turn.texts.append(_document_text(block, where))
+    elif kind == "search_result":
+        turn.texts.append(_search_result_text(block))
+    elif kind == "tool_result":
+        turn.tool_results.append(_tool_result(block, where, turn))
+    elif kind == "tool_use":
+        tool_input = block.get("input", {})
+        if not isinstance(block.get("id"), str) or not block["id"]:
+            raise InvalidRequest(f"{where}.id: must be a non-empty string")
+        if not isinstance(block.get("name"), str) or not block["name"]:
+            raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        if not isinstance(tool_input, dict):
+            raise InvalidRequest(f"{where}.input: must be an object")
+        turn.tool_uses.append({"toolUseId": q_tool_use_id(block["id"]),
+                               "name": q_tool_name(block["name"]), "input": tool_input,
+                               "_client_name": block["name"]})
+    elif kind in ("thinking", "redacted_thinking"):
+        pass  # Earlier turns' thinking is not model input (the Messages API drops it too).
+    elif kind == "server_tool_use" or SERVER_TOOL_RESULT.match(kind):
+        # Q cannot replay server-tool turns; keep what happened as text.
+        turn.texts.append(f"[{kind}: {json.dumps(block.get('input', block.get('content')))[:2000]}]")
+    else:
+        raise InvalidRequest(f"{where}.type: unknown content block type '{kind}'")
+
+
+def _turns(messages) -> list[_Turn]:
+    """Client messages as merged, alternating turns; `system` messages join as user text."""
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("messages: must be a non-empty list")
+    turns: list[_Turn] = []
+    for i, message in enumerate(messages):
+        where = f"messages.{i}"
+        if not isinstance(message, dict):
+            raise InvalidRequest(f"{where}: must be an object")
+        role = message.get("role")
+        if role not in ("user", "assistant", "system"):
+            raise InvalidRequest(f"{where}.role: must be 'user', 'assistant' or 'system', got {role!r}")
+        content = message.get("content")
+        q_role = "assistant" if role == "assistant" else "user"
+        if not turns or turns[-1].role != q_role:
+            turns.append(_Turn(q_role))
+        turn = turns[-1]
+        if role == "system":
+            turn.texts.append(f"<system-reminder>\n{_text_of(content, where + '.content')}\n</system-reminder>")
+        elif isinstance(content, str):
+            turn.texts.append(content)
+        elif isinstance(content, list):
+            for j, block in enumerate(content):
+                _add_block(turn, block, f"{where}.content.{j}")
+        else:
+            raise InvalidRequest(f"{where}.content: must be a string or a list of content blocks")
+    return turns
+
+
+def _tools(tools, context: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Q tool specifications; long descriptions go whole into the prompt context."""
+    if tools is None:
+        return [], {}
+    if not isinstance(tools, list):
+        raise InvalidRequest("tools: must be a list")
+    specs, names = [], {}
+    for i, tool in enumerate(tools):
+        where = f"tools.{i}"
+        if not isinstance(tool, dict):
+            raise InvalidRequest(f"{where}: must be an object")
+        if tool.get("type") not in (None, "custom") and "input_schema" not in tool:
+            continue  # A server tool (web_search_...): Q has none; the view logs it.
+        name = tool.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        schema = tool.get("input_schema", {"type": "object"})
+        if not isinstance(schema, dict):
+            raise InvalidRequest(f"{where}.input_schema: must be an object")
+        q_name = q_tool_name(name)
+        if q_name in names:
+            raise InvalidRequest(f"{where}.name: duplicate tool name '{name}'")
+        names[q_name] = name
+        description = tool.get("description") or f"Tool {name}"
+        if not isinstance(description, str):
+            raise InvalidRequest(f"{where}.description: must be a string")
+        if len(description) > MAX_DESCRIPTION:
+            context.append(f"Full description of the tool `{q_name}`:\n{description}")
+            note = "\n[Description shortened; the full text is in the system instructions.]"
+            description = description[: MAX_DESCRIPTION - len(note)] + note
+        specs.append({"toolSpecification": {"name": q_name, "description": description,
+                                            "inputSchema": {"json": schema}}})
+    return specs, names
+
+
+def _tool_choice_text(choice) -> str | None:
+    """Q has no tool_choice field, so the instruction travels in the prompt."""
+    if not isinstance(choice, dict):
+        return None
+    kind = choice.get("type")
+    if kind == "any":
+        return "In your next response you must call at least one of the available tools."
+    if kind == "tool" and choice.get("name"):
+        return f"In your next response you must call the tool `{q_tool_name(str(choice['name']))}`."
+    if kind == "none":
+        return "In your next response do not call any tool."
+    return None
+
+
+def _pair_tool_results(turns: list[_Turn]) -> None:
+    """Enforce spec 1.6 rule 2: each tool use answered in the very next user turn, nothing else.
+
+    A missing result becomes an error result; a result that answers no tool use of the
+    preceding assistant turn is kept as text, so nothing the client sent is lost.
+    """
+    previous_uses: list[str] = []
+    for turn in turns:
+        if turn.role == "assistant":
+            previous_uses = [use["toolUseId"] for use in turn.tool_uses]
+            continue
+        by_id = {}
+        for result in turn.tool_results:
+            if result["toolUseId"] in previous_uses and result["toolUseId"] not in by_id:
+                by_id[result["toolUseId"]] = result
+            else:
+                text = result["content"][0]["text"]
+                turn.texts.insert(0, f"[Result of tool call {result['toolUseId']}"
+                                     f"{' (error)' if result['status'] == 'error' else ''}]: {text}")
+        turn.tool_results = [
+            by_id.get(use_id) or {"toolUseId": use_id, "status": "error",
+                                  "content": [{"text": MISSING_TOOL_RESULT}]}
+            for use_id in previous_uses
+        ]
+        previous_uses = []
+
+
+def _user_message(turn: _Turn, origin: str, *, current: bool) -> dict:
+    content = "\n\n".join(t for t in turn.texts if t)
+    if not content and not turn.tool_results and (current or not turn.images):
+        content = EMPTY_USER
+    message: dict = {"content": content, "origin": origin}
+    images = turn.images
+    if len(images) > MAX_IMAGES_PER_MESSAGE:
+        dropped = len(images) - MAX_IMAGES_PER_MESSAGE
+        images = images[-MAX_IMAGES_PER_MESSAGE:]
+        message["content"] = (f"[{dropped} earlier image(s) omitted: Amazon Q accepts at most "
+                              f"{MAX_IMAGES_PER_MESSAGE} per message]\n\n" + message["content"])
+    if images:
+        message["images"] = images
+    if turn.tool_results:
+        message["userInputMessageContext"] = {"toolResults": turn.tool_results}
+    return {"userInputMessage": message}
+
+
+def _assistant_message(turn: _Turn) -> dict:
+    content = "\n\n".join(t for t in turn.texts if t)
+    message: dict = {"content": content or ("" if turn.tool_uses else EMPTY_ASSISTANT)}
+    if turn.tool_uses:
+        message["toolUses"] = [{k: v for k, v in use.items() if not k.startswith("_")}
+                               for use in turn.tool_uses]
+    return {"assistantResponseMessage": message}
+
+
+def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profile_arn: str = "",
+                    conversation_id: str | None = None) -> Conversion:
+    """The whole conversion: validate, merge, pair, and lay out history and currentMessage.
+
+    :raises InvalidRequest: naming the offending field.
+    """
+    if not isinstance(request, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    context: list[str] = []
+    if request.get("system") not in (None, "", []):
+        context.append(_text_of(request["system"], "system"))
+    specs, tool_names = _tools(request.get("tools"), context)
+    choice = _tool_choice_text(request.get("tool_choice"))
+    if choice:
+        context.append(choice)
+
+    turns = _turns(request.get("messages"))
+    if turns[0].role == "assistant":
+        turns.insert(0, _Turn("user"))  # history must open with a user turn
+    if turns[-1].role == "assistant":
+        prefill = _Turn("user")  # Q has no prefill: ask for the continuation instead
+        prefill.texts.append(CONTINUE_PREFILL)
+        turns.append(prefill)
+    _pair_tool_results(turns)
+
+    # Tool names used in history must exist in the current tool list (spec 1.6 rule 3).
+    for turn in turns:
+        for use in turn.tool_uses:
+            if use["name"] not in tool_names:
+                tool_names[use["name"]] = use["_client_name"]
+                specs.append({"toolSpecification": {
+                    "name": use["name"], "description": STUB_TOOL_DESCRIPTION,
+                    "inputSchema": {"json": {"type": "object", "properties": {}}}}})
+
+    history: list[dict] = []
+    if context:
+        history.append({"userInputMessage": {"content": "\n\n".join(context), "origin": origin}})
+        history.append({"assistantResponseMessage": {"content": CONTEXT_ACK}})
+    for turn in turns[:-1]:
+        history.append(_user_message(turn, origin, current=False) if turn.role == "user"
+                       else _assistant_message(turn))
+
+    current = _user_message(turns[-1], origin, current=True)
+    current["userInputMessage"]["modelId"] = model_id
+    if specs:
+        current["userInputMessage"].setdefault("userInputMessageContext", {})["tools"] = specs
+
+    state: dict = {"conversationId": conversation_id or str(uuid.uuid4()),
+                   "chatTriggerType": "MANUAL", "currentMessage": current}
+    if history:
+        state["history"] = history
+    body: dict = {"conversationState": state}
+    if profile_arn:
+        body["profileArn"] = profile_arn
+    return Conversion(body=body, tool_names=tool_names)

@@ -1,0 +1,67 @@
+"""The request path in one place: convert, call Q, and set up translation of its answer."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from .config import Settings
+from .convert import convert_request
+from .errors import InvalidRequest
+from .models import ModelMap
+from .tokencount import count_request_tokens
+from .tokens import TokenManager
+from .translate import StreamTranslator, translate
+from .upstream import QClient
+
+logger = logging.getLogger(__name__)
+
+
+def thinking_requested(request: dict) -> bool:
+    thinking = request.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+@dataclass
+class Proxy:
+    """Long-lived parts of the app (kept in app.extensions["amq"])."""
+
+    settings: Settings
+    tokens: TokenManager
+    client: QClient
+    models: ModelMap
+    _logged_server_tools: set = field(default_factory=set)
+
+    def open_message(self, request: dict) -> Iterator[dict]:
+        """Validate and convert `request`, open the Q stream, return the Anthropic events.
+
+        Everything that can fail before Q accepts the call raises here (an ordinary HTTP
+        error); the returned iterator raises ProxyError only for faults mid-answer.
+        """
+        model = request.get("model", "")
+        if not isinstance(model, str):
+            raise InvalidRequest("model: must be a string")
+        max_tokens = request.get("max_tokens")
+        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
+                                       or max_tokens < 1):
+            raise InvalidRequest("max_tokens: must be a positive integer")
+        if "stream" in request and not isinstance(request["stream"], bool):
+            raise InvalidRequest("stream: must be a boolean")
+        self._log_server_tools(request.get("tools"))
+        q_model = self.models.resolve(model)
+        conversion = convert_request(request, model_id=q_model, origin=self.settings.origin,
+                                     profile_arn=self.settings.profile_arn)
+        translator = StreamTranslator(model=model or q_model,
+                                      input_tokens=count_request_tokens(request),
+                                      tool_names=conversion.tool_names,
+                                      thinking=thinking_requested(request))
+        response = self.client.open(conversion.body)
+        return translate(translator, self.client.events(response))
+
+    def _log_server_tools(self, tools) -> None:
+        """Q runs no server tools (web search...): say so once per kind, not per request."""
+        for tool in tools if isinstance(tools, list) else []:
+            if isinstance(tool, dict) and tool.get("type") not in (None, "custom") \
+                    and "input_schema" not in tool and tool["type"] not in self._logged_server_tools:
+                self._logged_server_tools.add(tool["type"])
+                logger.info("server tool %s is not available on Amazon Q; leaving it out", tool["type"])

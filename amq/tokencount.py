@@ -1,0 +1,57 @@
+"""Token estimates for `usage` and count_tokens, where Q reports no figures of its own."""
+from __future__ import annotations
+
+import json
+
+CHARS_PER_TOKEN = 4  # Anthropic's own rule of thumb for English text and code
+IMAGE_TOKENS = 1_600  # a typical image of ~1.15 megapixels (width*height/750)
+
+
+def estimate_tokens(chars: int) -> int:
+    return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def _block_chars(block) -> tuple[int, int]:
+    """(characters, images) in one content block, recursing into tool results."""
+    if isinstance(block, str):
+        return len(block), 0
+    if not isinstance(block, dict):
+        return 0, 0
+    kind = block.get("type")
+    if kind == "text":
+        return len(str(block.get("text", ""))), 0
+    if kind == "image":
+        return 0, 1
+    if kind == "thinking":
+        return len(str(block.get("thinking", ""))), 0
+    if kind == "tool_result":
+        content = block.get("content")
+        parts = content if isinstance(content, list) else [content or ""]
+        chars = images = 0
+        for part in parts:
+            c, i = _block_chars(part)
+            chars, images = chars + c, images + i
+        return chars + 10, images
+    return len(json.dumps(block, ensure_ascii=False)), 0
+
+
+def count_request_tokens(request: dict) -> int:
+    """Estimated input tokens over system, messages (all block kinds) and tools."""
+    chars = images = 0
+    system = request.get("system")
+    if isinstance(system, list):
+        for block in system:
+            chars += _block_chars(block)[0]
+    elif isinstance(system, str):
+        chars += len(system)
+    for message in request.get("messages") or []:
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        for block in content if isinstance(content, list) else [content or ""]:
+            c, i = _block_chars(block)
+            chars, images = chars + c + 3, images + i
+    tools = request.get("tools")
+    if isinstance(tools, list) and tools:
+        chars += len(json.dumps(tools, ensure_ascii=False))
+    return estimate_tokens(chars) + images * IMAGE_TOKENS

@@ -1,0 +1,180 @@
+"""Translates Q events into Anthropic Messages stream events: one small state machine.
+
+The same event list serves both response modes: streamed as SSE, or folded into one Message.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import string
+from typing import Iterable, Iterator
+
+from .errors import ProxyError
+from .tokencount import estimate_tokens
+
+_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_id(prefix: str) -> str:
+    """`msg_...`/`toolu_...` ids of the shape Claude Code checks (base62)."""
+    return prefix + "".join(secrets.choice(_ALPHABET) for _ in range(24))
+
+
+class StreamTranslator:
+    """Feed Q events in order; each call returns the Anthropic events to send now."""
+
+    def __init__(self, *, model: str, input_tokens: int, tool_names: dict[str, str] | None = None,
+                 thinking: bool = False, message_id: str | None = None):
+        self.model = model
+        self.message_id = message_id or new_id("msg_")
+        self.tool_names = tool_names or {}
+        self.thinking = thinking
+        self.input_tokens = input_tokens
+        self._index = -1
+        self._open: str | None = None  # "text" | "tool_use" | "thinking"
+        self._tool_id: str | None = None
+        self._closed_tools: set[str] = set()
+        self._signature = ""
+        self._saw_tool_use = False
+        self._output_chars = 0
+        self._usage_from_q: dict = {}
+
+    def start(self) -> list[dict]:
+        """message_start (empty content, full usage) and a ping, before Q's first event."""
+        return [{"type": "message_start", "message": {
+            "id": self.message_id, "type": "message", "role": "assistant", "model": self.model,
+            "content": [], "stop_reason": None, "stop_sequence": None,
+            "usage": {"input_tokens": self.input_tokens, "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}}},
+            {"type": "ping"}]
+
+    def feed(self, event_type: str, payload: dict) -> list[dict]:
+        handler = self._HANDLERS.get(event_type)
+        return handler(self, payload) if handler else []  # unknown events are skipped
+
+    def finish(self) -> list[dict]:
+        """Close the open block and end the message with its stop reason and usage."""
+        events = self._close()
+        usage = {"output_tokens": self.output_tokens()}
+        if self._usage_from_q.get("input_tokens") is not None:
+            usage["input_tokens"] = self._usage_from_q["input_tokens"]
+        events.append({"type": "message_delta",
+                       "delta": {"stop_reason": "tool_use" if self._saw_tool_use else "end_turn",
+                                 "stop_sequence": None},
+                       "usage": usage})
+        events.append({"type": "message_stop"})
+        return events
+
+    @staticmethod
+    def error(exc: ProxyError) -> dict:
+        """The in-stream error event; the stream ends after it, without message_stop."""
+        return {"type": "error", "error": {"type": exc.error_type, "message": exc.message}}
+
+    def output_tokens(self) -> int:
+        reported = self._usage_from_q.get("output_tokens")
+        return reported if reported is not None else max(1, estimate_tokens(self._output_chars))
+
+    # -- blocks ------------------------------------------------------------------------------
+
+    def _close(self) -> list[dict]:
+        if self._open is None:
+            return []
+        events = []
+        if self._open == "thinking" and self._signature:
+            events.append(self._delta({"type": "signature_delta", "signature": self._signature}))
+            self._signature = ""
+        if self._open == "tool_use":
+            self._closed_tools.add(self._tool_id)
+            self._tool_id = None
+        events.append({"type": "content_block_stop", "index": self._index})
+        self._open = None
+        return events
+
+    def _begin(self, kind: str, block: dict) -> list[dict]:
+        events = self._close()
+        self._index += 1
+        self._open = kind
+        events.append({"type": "content_block_start", "index": self._index, "content_block": block})
+        return events
+
+    def _delta(self, delta: dict) -> dict:
+        return {"type": "content_block_delta", "index": self._index, "delta": delta}
+
+    # -- Q events ----------------------------------------------------------------------------
+
+    def _on_text(self, payload: dict) -> list[dict]:
+        text = payload.get("content")
+        if not isinstance(text, str) or not text:
+            return []
+        events = [] if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
+        self._output_chars += len(text)
+        events.append(self._delta({"type": "text_delta", "text": text}))
+        return events
+
+    def _on_tool_use(self, payload: dict) -> list[dict]:
+        tool_id = payload.get("toolUseId")
+        if not isinstance(tool_id, str) or tool_id in self._closed_tools:
+            return []
+        events = []
+        if not (self._open == "tool_use" and self._tool_id == tool_id):
+            name = str(payload.get("name") or "")
+            events = self._begin("tool_use", {"type": "tool_use", "id": tool_id,
+                                               "name": self.tool_names.get(name, name), "input": {}})
+            self._tool_id = tool_id
+            self._saw_tool_use = True
+        fragment = payload.get("input")
+        if fragment is not None and not isinstance(fragment, str):
+            fragment = json.dumps(fragment)  # some captures show the input as an object
+        if fragment:
+            self._output_chars += len(fragment)
+            events.append(self._delta({"type": "input_json_delta", "partial_json": fragment}))
+        if payload.get("stop"):
+            events += self._close()
+        return events
+
+    def _on_reasoning(self, payload: dict) -> list[dict]:
+        if not self.thinking:
+            return []
+        events = []
+        if payload.get("redactedContent"):
+            events += self._begin("redacted_thinking", {"type": "redacted_thinking",
+                                                        "data": payload["redactedContent"]})
+            return events + self._close()
+        text = payload.get("text")
+        if isinstance(text, str) and text:
+            if self._open != "thinking":
+                events += self._begin("thinking", {"type": "thinking", "thinking": "", "signature": ""})
+            self._output_chars += len(text)
+            events.append(self._delta({"type": "thinking_delta", "thinking": text}))
+        if payload.get("signature") and self._open == "thinking":
+            self._signature = str(payload["signature"])
+        return events
+
+    def _on_metadata(self, payload: dict) -> list[dict]:
+        usage = payload.get("tokenUsage")
+        if isinstance(usage, dict):
+            if isinstance(usage.get("outputTokens"), int):
+                self._usage_from_q["output_tokens"] = usage["outputTokens"]
+            inputs = [usage.get(k) for k in ("uncachedInputTokens", "cacheReadInputTokens",
+                                             "cacheWriteInputTokens")]
+            if any(isinstance(v, int) for v in inputs):
+                self._usage_from_q["input_tokens"] = sum(v for v in inputs if isinstance(v, int))
+        return []
+
+    _HANDLERS = {
+        "assistantResponseEvent": _on_text,
+        "toolUseEvent": _on_tool_use,
+        "reasoningContentEvent": _on_reasoning,
+        "metadataEvent": _on_metadata,
+    }
+
+
+def translate(translator: StreamTranslator, events: Iterable[tuple[str, dict]]) -> Iterator[dict]:
+    """The whole Anthropic event sequence for an upstream event iterator.
+
+    message_start is yielded before the first upstream event is read.
+    """
+    yield from translator.start()
+    for event_type, payload in events:
+        yield from translator.feed(event_type, payload)
+    yield from translator.finish()

@@ -1,0 +1,118 @@
+"""amq: an Anthropic Messages API proxy in front of Amazon Q Developer.
+
+`flask --app app run` finds `create_app`; gunicorn loads `wsgi:app`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import uuid
+
+from dotenv import load_dotenv
+from flask import Flask, g, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from amq.config import ConfigError, load_settings
+from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.models import ModelMap
+from amq.proxy import Proxy
+from amq.tokens import TokenManager
+from amq.upstream import QClient, new_session
+from amq.views import bp
+
+logger = logging.getLogger("amq")
+MAX_REQUEST_BYTES = 32 * 1024 * 1024
+
+
+def _configure_logging(level: str) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(stream=sys.stderr,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("amq").setLevel(level)
+    # urllib3 logs URLs and headers at DEBUG; keep it quiet whatever LOG_LEVEL says.
+    logging.getLogger("urllib3").setLevel(logging.WARNING)
+
+
+def _http_error(exc: HTTPException) -> ProxyError:
+    """Werkzeug's own errors (404, 405, 413, bad requests) in the Anthropic shape."""
+    if exc.code == 404:
+        return NotFound(f"no such endpoint: {request.method} {request.path}")
+    if exc.code == 405:
+        return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
+    if exc.code == 413:
+        return RequestTooLarge("request body is too large")
+    error = InvalidRequest(exc.description or exc.name) if (exc.code or 500) < 500 else ProxyError(exc.name)
+    error.status = exc.code or 500
+    return error
+
+
+def _error_response(error: ProxyError):
+    response = jsonify(error.to_dict(getattr(g, "request_id", None)))
+    response.status_code = error.status
+    response.headers.update(error.headers)
+    return response
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Build the app; settings come from the environment, `.env`, and `test_config` on top.
+
+    :raises ConfigError: when a setting is missing or malformed (the message names it).
+    """
+    load_dotenv()
+    environ = dict(os.environ)
+    environ.update(test_config or {})
+    settings = load_settings(environ)
+    _configure_logging(settings.log_level)
+
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    session = new_session()
+    tokens = TokenManager.from_settings(settings, session)
+    client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
+                     session=session, timeout=(settings.connect_timeout, settings.read_timeout))
+    app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client,
+                                  models=ModelMap(settings.default_model, settings.model_map))
+    app.register_blueprint(bp)
+
+    @app.before_request
+    def _start():
+        g.request_id = "req_" + uuid.uuid4().hex
+        g.started = time.monotonic()
+
+    @app.after_request
+    def _finish(response):
+        response.headers["request-id"] = g.request_id
+        logger.info("%s %s %s %.0fms model=%s stream=%s %s", request.method, request.path,
+                    response.status_code, (time.monotonic() - g.started) * 1000,
+                    getattr(g, "model", "-"), getattr(g, "streamed", False), g.request_id)
+        return response
+
+    @app.errorhandler(ProxyError)
+    def _proxy_error(error: ProxyError):
+        if error.status >= 500:
+            logger.warning("%s: %s", error.error_type, error.message)
+        return _error_response(error)
+
+    @app.errorhandler(HTTPException)
+    def _werkzeug_error(exc: HTTPException):
+        return _error_response(_http_error(exc))
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        logger.exception("unhandled error")
+        return _error_response(ProxyError("internal error in amq"))
+
+    return app
+
+
+def main_guard() -> None:
+    """Fail fast with one line (not a traceback) when a setting is missing."""
+    try:
+        load_dotenv()
+        settings = load_settings()
+        TokenManager.from_settings(settings, new_session(1))
+    except ConfigError as exc:
+        sys.exit(f"amq: configuration error: {exc}")
