@@ -59,18 +59,22 @@ def _error_response(error: ProxyError):
 def create_app(test_config: dict | None = None) -> Flask:
     """Build the app; settings come from the environment, `.env`, and `test_config` on top.
 
-    :raises ConfigError: when a setting is missing or malformed (the message names it).
+    :raises SystemExit: with one line naming a missing or malformed setting (no traceback
+        for `flask run` or gunicorn).
     """
     load_dotenv()
     environ = dict(os.environ)
     environ.update(test_config or {})
-    settings = load_settings(environ)
+    session = new_session()
+    try:
+        settings = load_settings(environ)
+        tokens = TokenManager.from_settings(settings, session)
+    except ConfigError as exc:
+        raise SystemExit(f"amq: configuration error: {exc}") from None
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
-    session = new_session()
-    tokens = TokenManager.from_settings(settings, session)
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
                      session=session, timeout=(settings.connect_timeout, settings.read_timeout))
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client,
@@ -108,11 +112,10 @@ def create_app(test_config: dict | None = None) -> Flask:
     return app
 
 
-def main_guard() -> None:
-    """Fail fast with one line (not a traceback) when a setting is missing."""
+def check_settings() -> None:
+    """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
     try:
         load_dotenv()
-        settings = load_settings()
-        TokenManager.from_settings(settings, new_session(1))
+        TokenManager.from_settings(load_settings(), new_session(1))
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")

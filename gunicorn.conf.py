@@ -20,6 +20,6 @@ loglevel = os.environ.get("LOG_LEVEL", "info").lower()
 
 def on_starting(server):
     """Refuse to start, in one line, when a required setting is missing."""
-    from app import main_guard
+    from app import check_settings
 
-    main_guard()
+    check_settings()
