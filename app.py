@@ -16,7 +16,7 @@ from werkzeug.exceptions import HTTPException
 
 from amq.config import ConfigError, load_settings
 from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
-from amq.models import ModelMap
+from amq.models import ModelCatalogue
 from amq.proxy import Proxy
 from amq.tokens import TokenManager
 from amq.upstream import QClient, new_session
@@ -77,8 +77,9 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
                      session=session, timeout=(settings.connect_timeout, settings.read_timeout))
-    app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client,
-                                  models=ModelMap(settings.default_model, settings.model_map))
+    models = ModelCatalogue(settings.default_model, settings.model_map,
+                            fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
+    app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models)
     app.register_blueprint(bp)
 
     @app.before_request

@@ -8,7 +8,7 @@ from typing import Iterator
 from .config import Settings
 from .convert import convert_request
 from .errors import InvalidRequest
-from .models import ModelMap
+from .models import ModelCatalogue
 from .tokencount import count_request_tokens
 from .tokens import TokenManager
 from .translate import StreamTranslator, translate
@@ -29,7 +29,7 @@ class Proxy:
     settings: Settings
     tokens: TokenManager
     client: QClient
-    models: ModelMap
+    models: ModelCatalogue
     _logged_server_tools: set = field(default_factory=set)
 
     def open_message(self, request: dict) -> Iterator[dict]:
@@ -47,6 +47,9 @@ class Proxy:
             raise InvalidRequest("max_tokens: must be a positive integer")
         if "stream" in request and not isinstance(request["stream"], bool):
             raise InvalidRequest("stream: must be a boolean")
+        stop_sequences = request.get("stop_sequences") or []
+        if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
+            raise InvalidRequest("stop_sequences: must be a list of strings")
         self._log_server_tools(request.get("tools"))
         q_model = self.models.resolve(model)
         conversion = convert_request(request, model_id=q_model, origin=self.settings.origin,
@@ -54,7 +57,9 @@ class Proxy:
         translator = StreamTranslator(model=model or q_model,
                                       input_tokens=count_request_tokens(request),
                                       tool_names=conversion.tool_names,
-                                      thinking=thinking_requested(request))
+                                      thinking=thinking_requested(request),
+                                      stop_sequences=stop_sequences, max_tokens=max_tokens,
+                                      context_window=self.models.context_window(q_model))
         response = self.client.open(conversion.body)
         return translate(translator, self.client.events(response))
 

@@ -10,7 +10,7 @@ import string
 from typing import Iterable, Iterator
 
 from .errors import ProxyError
-from .tokencount import estimate_tokens
+from .tokencount import CHARS_PER_TOKEN, estimate_tokens
 
 _ALPHABET = string.ascii_letters + string.digits
 
@@ -24,7 +24,9 @@ class StreamTranslator:
     """Feed Q events in order; each call returns the Anthropic events to send now."""
 
     def __init__(self, *, model: str, input_tokens: int, tool_names: dict[str, str] | None = None,
-                 thinking: bool = False, message_id: str | None = None):
+                 thinking: bool = False, message_id: str | None = None,
+                 stop_sequences: list[str] | None = None, max_tokens: int | None = None,
+                 context_window: int = 200_000):
         self.model = model
         self.message_id = message_id or new_id("msg_")
         self.tool_names = tool_names or {}
@@ -38,6 +40,16 @@ class StreamTranslator:
         self._saw_tool_use = False
         self._output_chars = 0
         self._usage_from_q: dict = {}
+        self.context_window = context_window
+        self._context_input: int | None = None
+        # Q knows neither stop sequences nor max_tokens; the proxy applies both to text.
+        self.stop_sequences = [s for s in stop_sequences or [] if s]
+        self._hold = max(map(len, self.stop_sequences), default=1) - 1
+        self._held = ""  # text not yet sent: it may be the start of a stop sequence
+        self._char_budget = max_tokens * CHARS_PER_TOKEN if max_tokens else None
+        self._stop_reason: str | None = None
+        self._stop_sequence: str | None = None
+        self.done = False  # no more upstream events are wanted
 
     def start(self) -> list[dict]:
         """message_start (empty content, full usage) and a ping, before Q's first event."""
@@ -56,11 +68,12 @@ class StreamTranslator:
         """Close the open block and end the message with its stop reason and usage."""
         events = self._close()
         usage = {"output_tokens": self.output_tokens()}
-        if self._usage_from_q.get("input_tokens") is not None:
-            usage["input_tokens"] = self._usage_from_q["input_tokens"]
+        input_tokens = self._usage_from_q.get("input_tokens", self._context_input)
+        if input_tokens is not None:
+            usage["input_tokens"] = input_tokens
+        stop_reason = self._stop_reason or ("tool_use" if self._saw_tool_use else "end_turn")
         events.append({"type": "message_delta",
-                       "delta": {"stop_reason": "tool_use" if self._saw_tool_use else "end_turn",
-                                 "stop_sequence": None},
+                       "delta": {"stop_reason": stop_reason, "stop_sequence": self._stop_sequence},
                        "usage": usage})
         events.append({"type": "message_stop"})
         return events
@@ -80,6 +93,9 @@ class StreamTranslator:
         if self._open is None:
             return []
         events = []
+        if self._open == "text" and self._held:
+            events += self._emit_text(self._held)
+            self._held = ""
         if self._open == "thinking" and self._signature:
             events.append(self._delta({"type": "signature_delta", "signature": self._signature}))
             self._signature = ""
@@ -104,12 +120,37 @@ class StreamTranslator:
 
     def _on_text(self, payload: dict) -> list[dict]:
         text = payload.get("content")
-        if not isinstance(text, str) or not text:
+        if not isinstance(text, str) or not text or self.done:
             return []
         events = [] if self._open == "text" else self._begin("text", {"type": "text", "text": ""})
+        if not self.stop_sequences:
+            return events + self._emit_text(text)
+        text = self._held + text
+        found = [(text.find(s), s) for s in self.stop_sequences if s in text]
+        if found:
+            position, sequence = min(found)
+            self._held = ""
+            events += self._emit_text(text[:position])
+            if not self.done:
+                self._stop_reason, self._stop_sequence, self.done = "stop_sequence", sequence, True
+            return events
+        # Hold back a tail that could begin a stop sequence split across events.
+        keep = min(self._hold, len(text))
+        self._held = text[len(text) - keep:]
+        return events + self._emit_text(text[:len(text) - keep])
+
+    def _emit_text(self, text: str) -> list[dict]:
+        """A text delta within the max_tokens budget; reaching it ends the message."""
+        if self.done or not text:
+            return []
+        if self._char_budget is not None and self._output_chars + len(text) >= self._char_budget:
+            text = text[:max(0, self._char_budget - self._output_chars)]
+            self._stop_reason, self.done = "max_tokens", True
+            self._held = ""
+            if not text:
+                return []
         self._output_chars += len(text)
-        events.append(self._delta({"type": "text_delta", "text": text}))
-        return events
+        return [self._delta({"type": "text_delta", "text": text})]
 
     def _on_tool_use(self, payload: dict) -> list[dict]:
         tool_id = payload.get("toolUseId")
@@ -161,11 +202,19 @@ class StreamTranslator:
                 self._usage_from_q["input_tokens"] = sum(v for v in inputs if isinstance(v, int))
         return []
 
+    def _on_context_usage(self, payload: dict) -> list[dict]:
+        """Q's share of the context window in use: the best input figure short of tokenUsage."""
+        percentage = payload.get("contextUsagePercentage")
+        if isinstance(percentage, (int, float)) and "input_tokens" not in self._usage_from_q:
+            self._context_input = round(percentage * self.context_window / 100)
+        return []
+
     _HANDLERS = {
         "assistantResponseEvent": _on_text,
         "toolUseEvent": _on_tool_use,
         "reasoningContentEvent": _on_reasoning,
         "metadataEvent": _on_metadata,
+        "contextUsageEvent": _on_context_usage,
     }
 
 
@@ -174,7 +223,14 @@ def translate(translator: StreamTranslator, events: Iterable[tuple[str, dict]]) 
 
     message_start is yielded before the first upstream event is read.
     """
-    yield from translator.start()
-    for event_type, payload in events:
-        yield from translator.feed(event_type, payload)
+    try:
+        yield from translator.start()
+        for event_type, payload in events:
+            yield from translator.feed(event_type, payload)
+            if translator.done:
+                break  # a stop sequence or max_tokens: nothing more is wanted from Q
+    finally:
+        close = getattr(events, "close", None)
+        if close is not None:
+            close()  # releases the upstream connection at once
     yield from translator.finish()

@@ -12,11 +12,13 @@ from requests.adapters import HTTPAdapter
 from .errors import (BadGateway, GatewayTimeout, UpstreamFailure, UpstreamStreamError,
                      is_invalid_bearer, map_upstream_error, parse_upstream_error)
 from .eventstream import EventStreamDecoder, EventStreamError
+from .models import QModel
 from .tokens import TokenManager
 
 logger = logging.getLogger(__name__)
 
 RPC_TARGET = "AmazonCodeWhispererStreamingService.GenerateAssistantResponse"
+LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
 MAX_ERROR_BODY = 64 * 1024
 
 
@@ -50,15 +52,44 @@ class QClient:
         self.timeout = timeout
 
     def open(self, body: dict) -> requests.Response:
-        """POST the request; return the 200 response, body unread.
+        """POST GenerateAssistantResponse; return the 200 response, body unread.
 
         :raises ProxyError: the mapped Anthropic error for any non-200 answer or network fault.
         """
+        return self._call(self.url, body, self._headers, stream=True)
+
+    def list_models(self, origin: str, profile_arn: str = "") -> tuple[list[QModel], str | None]:
+        """ListAvailableModels, all pages (spec 5.1): the models and the account's default."""
+        headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
+        url = self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/"
+        models, default, next_token = [], None, None
+        for _ in range(20):  # a bound on pages, whatever the service says
+            body = {"origin": origin}
+            if profile_arn:
+                body["profileArn"] = profile_arn
+            if next_token:
+                body["nextToken"] = next_token
+            response = self._call(url, body, headers, stream=False)
+            try:
+                data = response.json()
+            except ValueError:
+                raise UpstreamFailure("ListAvailableModels answered with something not JSON") from None
+            for item in data.get("models") or []:
+                limits = item.get("tokenLimits") or {}
+                models.append(QModel(str(item["modelId"]), int(limits.get("maxInputTokens") or 200_000)))
+            default = (data.get("defaultModel") or {}).get("modelId") or default
+            next_token = data.get("nextToken")
+            if not next_token:
+                break
+        return models, default
+
+    def _call(self, url: str, body: dict, headers: dict, *, stream: bool) -> requests.Response:
+        """One Q call with the bearer token; on 403 "bearer token invalid", refresh once, retry once."""
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-        headers = dict(self._headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
+        headers = dict(headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
         token = self.tokens.get_token()
         for attempt in (1, 2):
-            response = self._post(data, headers, token)
+            response = self._post(url, data, headers, token, stream)
             if response.status_code == 200:
                 return response
             raw = _read_limited(response)
@@ -72,15 +103,15 @@ class QClient:
             raise map_upstream_error(response.status_code, code, reason, message)
         raise AssertionError("unreachable")
 
-    def _post(self, data: bytes, headers: dict, token: str) -> requests.Response:
+    def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool) -> requests.Response:
         headers = dict(headers, Authorization=f"Bearer {token}")
         try:
-            return self.session.post(self.url, data=data, headers=headers, stream=True,
+            return self.session.post(url, data=data, headers=headers, stream=stream,
                                      timeout=self.timeout)
         except requests.Timeout:
             raise GatewayTimeout("Amazon Q did not answer in time") from None
         except requests.RequestException as exc:
-            raise BadGateway(f"cannot reach Amazon Q at {self.url} ({type(exc).__name__})") from None
+            raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
 
     def events(self, response: requests.Response) -> Iterator[tuple[str, dict]]:
         """(event type, payload) pairs as frames arrive; closes the response on any exit.

@@ -7,8 +7,10 @@ from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .errors import InvalidRequest, ProxyError
+from .convert import convert_request
+from .errors import InvalidRequest, NotFound, ProxyError
 from .message import collect_message
+from .tokencount import count_request_tokens
 from .sse import format_event
 from .translate import StreamTranslator
 
@@ -64,6 +66,46 @@ def create_message():
         return jsonify(collect_message(events))
     finally:
         events.close()
+
+
+@bp.post("/v1/messages/count_tokens")
+def count_tokens():
+    """Estimated input tokens of a Messages request (see README: how close it is)."""
+    payload = _json_object()
+    convert_request(payload, model_id="count-only")  # the same validation as a real call
+    return jsonify({"input_tokens": count_request_tokens(payload)})
+
+
+@bp.get("/v1/models")
+def list_models():
+    """Claude ids amq can serve, newest first, in Anthropic's paginated list shape."""
+    entries = _proxy().models.claude_models()
+    try:
+        limit = int(request.args.get("limit", 20))
+    except ValueError:
+        raise InvalidRequest("limit: must be an integer") from None
+    if not 1 <= limit <= 1000:
+        raise InvalidRequest("limit: must be between 1 and 1000")
+    ids = [entry["id"] for entry in entries]
+    start, end = 0, len(entries)
+    if request.args.get("after_id") in ids:
+        start = ids.index(request.args["after_id"]) + 1
+    if request.args.get("before_id") in ids:
+        end = ids.index(request.args["before_id"])
+        start = max(start, end - limit) if "after_id" not in request.args else start
+    page = entries[start:end][:limit]
+    return jsonify({"data": page, "has_more": start + len(page) < end,
+                    "first_id": page[0]["id"] if page else None,
+                    "last_id": page[-1]["id"] if page else None})
+
+
+@bp.get("/v1/models/<path:model_id>")
+def get_model(model_id: str):
+    """One model by its Claude id."""
+    for entry in _proxy().models.claude_models():
+        if entry["id"] == model_id:
+            return jsonify(entry)
+    raise NotFound(f"model '{model_id}' is not available through amq")
 
 
 @bp.get("/health")

@@ -100,7 +100,7 @@ def test_claude_code_shaped_request_is_accepted_by_strict_q(amq_server, fake_q):
     assert events[-1][0] == "message_stop"
     current = fake_q.requests[-1]["body"]["conversationState"]["currentMessage"]["userInputMessage"]
     assert "mid-conversation note" in current["content"]
-    assert current["modelId"] == "claude-sonnet-4.5"  # unknown model -> configured default
+    assert current["modelId"] == "claude-opus-4.7"  # not offered: the best opus the account has
     sent_text = json.dumps(fake_q.requests[-1]["body"])
     assert "You are Claude Code." in sent_text and "Environment: linux" in sent_text
 
