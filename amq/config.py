@@ -35,6 +35,14 @@ DEFAULTS: dict[str, str] = {
     "AMAZONQ_MODEL_MAP": "",
     "UPSTREAM_CONNECT_TIMEOUT": "10",
     "UPSTREAM_READ_TIMEOUT": "300",
+    # Retries before the first byte reaches the client (throttling, 5xx, connection errors).
+    "UPSTREAM_MAX_ATTEMPTS": "3",
+    "UPSTREAM_RETRY_BUDGET": "20",
+    # Seconds of upstream silence after which a `ping` event keeps the client's stream open.
+    "PING_INTERVAL": "10",
+    # Comma-separated keys clients must send; unset means loopback clients only.
+    "PROXY_API_KEYS": "",
+    "MAX_REQUEST_BYTES": str(32 * 1024 * 1024),
     "PORT": "8080",
     "LOG_LEVEL": "INFO",
 }
@@ -44,9 +52,10 @@ REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET
 
 @dataclass(frozen=True)
 class Settings:
-    refresh_token: str
+    # Secrets stay out of repr(), so a logged Settings never shows them.
+    refresh_token: str = field(repr=False)
     client_id: str
-    client_secret: str
+    client_secret: str = field(repr=False)
     profile_arn: str
     api_endpoint: str
     token_endpoint: str
@@ -57,6 +66,11 @@ class Settings:
     model_map: dict[str, str] = field(default_factory=dict)
     connect_timeout: float = 10.0
     read_timeout: float = 300.0
+    max_attempts: int = 3
+    retry_budget: float = 20.0
+    ping_interval: float = 10.0
+    proxy_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    max_request_bytes: int = 32 * 1024 * 1024
     port: int = 8080
     log_level: str = "INFO"
 
@@ -111,6 +125,11 @@ def load_settings(environ: dict | None = None) -> Settings:
         model_map=_parse_model_map(values["AMAZONQ_MODEL_MAP"]),
         connect_timeout=_number(values, "UPSTREAM_CONNECT_TIMEOUT"),
         read_timeout=_number(values, "UPSTREAM_READ_TIMEOUT"),
+        max_attempts=_number(values, "UPSTREAM_MAX_ATTEMPTS", int),
+        retry_budget=_number(values, "UPSTREAM_RETRY_BUDGET"),
+        ping_interval=_number(values, "PING_INTERVAL"),
+        proxy_api_keys=tuple(k.strip() for k in values["PROXY_API_KEYS"].split(",") if k.strip()),
+        max_request_bytes=_number(values, "MAX_REQUEST_BYTES", int),
         port=_number(values, "PORT", int),
         log_level=values["LOG_LEVEL"].upper(),
     )
