@@ -12,6 +12,7 @@ class ProxyError(Exception):
 
     status = 500
     error_type = "api_error"
+    retryable = False  # worth another upstream attempt before the client sees anything
 
     def __init__(self, message: str, *, headers: dict | None = None):
         super().__init__(message)
@@ -50,14 +51,17 @@ class RequestTooLarge(ProxyError):
 
 
 class RateLimited(ProxyError):
+    retryable = True
     status, error_type = 429, "rate_limit_error"
 
 
 class UpstreamFailure(ProxyError):
+    retryable = True
     status, error_type = 500, "api_error"
 
 
 class BadGateway(ProxyError):
+    retryable = True
     status, error_type = 502, "api_error"
 
 
@@ -66,6 +70,7 @@ class GatewayTimeout(ProxyError):
 
 
 class Overloaded(ProxyError):
+    retryable = True
     status, error_type = 529, "overloaded_error"
 
 
@@ -124,9 +129,10 @@ def map_upstream_error(status: int, code: str, reason: str, message: str) -> Pro
             return InvalidRequest(f"prompt is too long: {text}")
         return InvalidRequest(text)
     if reason == "MONTHLY_REQUEST_COUNT" or "reached for this month" in message:
-        return RateLimited(
-            f"Amazon Q monthly request limit reached: {text}", headers={"x-should-retry": "false"}
-        )
+        spent = RateLimited(f"Amazon Q monthly request limit reached: {text}",
+                            headers={"x-should-retry": "false"})
+        spent.retryable = False  # nothing changes until the month turns
+        return spent
     if reason == "INSUFFICIENT_MODEL_CAPACITY":
         return Overloaded(text, headers={"retry-after": "5"})
     if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:

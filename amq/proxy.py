@@ -61,7 +61,8 @@ class Proxy:
                                       stop_sequences=stop_sequences, max_tokens=max_tokens,
                                       context_window=self.models.context_window(q_model))
         response = self.client.open(conversion.body)
-        return translate(translator, self.client.events(response))
+        ping = self.settings.ping_interval if request.get("stream") is True else None
+        return translate(translator, self.client.events(response, ping_interval=ping))
 
     def _log_server_tools(self, tools) -> None:
         """Q runs no server tools (web search...): say so once per kind, not per request."""

@@ -218,15 +218,20 @@ class StreamTranslator:
     }
 
 
-def translate(translator: StreamTranslator, events: Iterable[tuple[str, dict]]) -> Iterator[dict]:
+def translate(translator: StreamTranslator,
+              events: Iterable[tuple[str, dict] | None]) -> Iterator[dict]:
     """The whole Anthropic event sequence for an upstream event iterator.
 
-    message_start is yielded before the first upstream event is read.
+    message_start is yielded before the first upstream event is read; a None from upstream
+    (a long silence) becomes a `ping`.
     """
     try:
         yield from translator.start()
-        for event_type, payload in events:
-            yield from translator.feed(event_type, payload)
+        for item in events:
+            if item is None:
+                yield {"type": "ping"}
+                continue
+            yield from translator.feed(*item)
             if translator.done:
                 break  # a stop sequence or max_tokens: nothing more is wanted from Q
     finally:

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 import json
 import logging
+import queue
+import random
+import socket
+import threading
+import time
 import uuid
-from typing import Iterator
+from typing import Callable, Iterator
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from .errors import (BadGateway, GatewayTimeout, UpstreamFailure, UpstreamStreamError,
+from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure, UpstreamStreamError,
                      is_invalid_bearer, map_upstream_error, parse_upstream_error)
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import QModel
@@ -36,7 +41,10 @@ class QClient:
     """Opens the upstream stream (refreshing the token once on 403) and decodes its frames."""
 
     def __init__(self, *, endpoint: str, binding: str, tokens: TokenManager,
-                 session: requests.Session, timeout: tuple[float, float]):
+                 session: requests.Session, timeout: tuple[float, float],
+                 max_attempts: int = 3, retry_budget: float = 20.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.binding = binding
         if binding == "rest":
             self.url = endpoint.rstrip("/") + "/generateAssistantResponse"
@@ -50,6 +58,10 @@ class QClient:
         self.tokens = tokens
         self.session = session
         self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.retry_budget = retry_budget
+        self._clock = clock
+        self._sleep = sleep  # cooperative under gevent
 
     def open(self, body: dict) -> requests.Response:
         """POST GenerateAssistantResponse; return the 200 response, body unread.
@@ -84,17 +96,36 @@ class QClient:
         return models, default
 
     def _call(self, url: str, body: dict, headers: dict, *, stream: bool) -> requests.Response:
-        """One Q call with the bearer token; on 403 "bearer token invalid", refresh once, retry once."""
+        """One Q call, retried with jittered backoff on throttling, 5xx and connection errors.
+
+        Retries happen only here, before anything has reached the client.
+        """
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = dict(headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
+        deadline = self._clock() + self.retry_budget
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self._attempt(url, data, headers, stream)
+            except ProxyError as exc:
+                delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
+                if (not exc.retryable or attempt == self.max_attempts
+                        or self._clock() + delay > deadline):
+                    raise
+                logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
+                            attempt, self.max_attempts, delay)
+                self._sleep(delay)
+        raise AssertionError("unreachable")
+
+    def _attempt(self, url: str, data: bytes, headers: dict, stream: bool) -> requests.Response:
+        """POST with the bearer token; on 403 "bearer token invalid", refresh once and resend."""
         token = self.tokens.get_token()
-        for attempt in (1, 2):
+        for first in (True, False):
             response = self._post(url, data, headers, token, stream)
             if response.status_code == 200:
                 return response
             raw = _read_limited(response)
             code, reason, message = parse_upstream_error(response.status_code, raw, response.headers)
-            if attempt == 1 and is_invalid_bearer(response.status_code, code, message):
+            if first and is_invalid_bearer(response.status_code, code, message):
                 logger.info("Amazon Q rejected the access token; refreshing once")
                 token = self.tokens.refresh_after_rejection(token)
                 continue
@@ -113,15 +144,22 @@ class QClient:
         except requests.RequestException as exc:
             raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
 
-    def events(self, response: requests.Response) -> Iterator[tuple[str, dict]]:
+    def events(self, response: requests.Response,
+               ping_interval: float | None = None) -> Iterator[tuple[str, dict] | None]:
         """(event type, payload) pairs as frames arrive; closes the response on any exit.
 
+        With `ping_interval`, None is yielded whenever Q has been silent that long, so the
+        caller can keep its own client's connection alive.
         :raises ProxyError: for error frames, corrupt frames and a cut or stalled connection.
         """
         decoder = EventStreamDecoder()
+        chunks = _chunks_with_pings(response, ping_interval) if ping_interval else \
+            response.iter_content(chunk_size=None)  # whatever the socket has, no fixed size
         try:
-            # chunk_size=None hands over whatever the socket has, without waiting to fill a size.
-            for chunk in response.iter_content(chunk_size=None):
+            for chunk in chunks:
+                if chunk is None:
+                    yield None
+                    continue
                 for message in decoder.feed(chunk):
                     event = _event(message)
                     if event is not None:
@@ -135,7 +173,72 @@ class QClient:
                                      "(read timeout)") from None
             raise BadGateway(f"the connection to Amazon Q broke mid-answer ({type(exc).__name__})") from None
         finally:
+            close = getattr(chunks, "close", None)
+            if close is not None:
+                close()
             response.close()
+
+
+_END = object()
+
+
+def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator[bytes | None]:
+    """Body chunks read by a helper (a greenlet under gevent); None after `interval` of silence.
+
+    A blocked socket read cannot be interrupted to write a ping, so the reading happens
+    beside the writer. The bounded queue keeps backpressure on Q when the client is slow.
+    """
+    chunks: queue.Queue = queue.Queue(maxsize=32)
+    stop = threading.Event()
+
+    def hand_over(item) -> None:
+        while not stop.is_set():
+            try:
+                chunks.put(item, timeout=1.0)
+                return
+            except queue.Full:
+                continue
+
+    def pump() -> None:
+        try:
+            for chunk in response.iter_content(chunk_size=None):
+                hand_over(chunk)
+                if stop.is_set():
+                    return
+            hand_over(_END)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the writer's side
+            hand_over(exc)
+
+    reader = threading.Thread(target=pump, name="amq-upstream-reader", daemon=True)
+    reader.start()
+    try:
+        while True:
+            try:
+                item = chunks.get(timeout=interval)
+            except queue.Empty:
+                yield None
+                continue
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        _shutdown_socket(response)  # wakes the reader if it is blocked on the socket
+        reader.join(timeout=2.0)
+        response.close()
+
+
+def _shutdown_socket(response: requests.Response) -> None:
+    """Interrupt a read in progress; closing the buffered reader under it is not allowed."""
+    connection = getattr(response.raw, "connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _read_limited(response: requests.Response) -> bytes:

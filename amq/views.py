@@ -8,7 +8,7 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .convert import convert_request
-from .errors import InvalidRequest, NotFound, ProxyError
+from .errors import InvalidRequest, NotFound, ProxyError, RequestTooLarge
 from .message import collect_message
 from .tokencount import count_request_tokens
 from .sse import format_event
@@ -22,9 +22,29 @@ def _proxy():
     return current_app.extensions["amq"]
 
 
+def _body() -> bytes:
+    """The raw body, refused with 413 once it passes MAX_CONTENT_LENGTH.
+
+    Werkzeug checks a declared Content-Length itself, but silently cuts a chunked body at
+    the limit; here the read stops there and says so.
+    """
+    if request.content_length is not None:
+        return request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    stream, chunks, size = request.environ["wsgi.input"], [], 0
+    while True:
+        chunk = stream.read(64 * 1024)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise RequestTooLarge(f"request body is larger than {limit} bytes (MAX_REQUEST_BYTES)")
+        chunks.append(chunk)
+
+
 def _json_object() -> dict:
     """The request body as a JSON object, or a 400 that says what is wrong."""
-    raw = request.get_data(cache=False)
+    raw = _body()
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:

@@ -87,16 +87,20 @@ def fake_q_session():
     fake.stop()
 
 
-@pytest.fixture
-def fake_q(fake_q_session):
-    """The session's fake with an empty script and empty request log for this test."""
-    fake = fake_q_session
+def reset_fake(fake: FakeQ) -> FakeQ:
+    """Empty the script and the request logs, so a shared fake starts each test clean."""
     with fake._lock:
         fake._script.clear()
     fake.requests.clear()
     fake.rejections.clear()
     fake.token_requests.clear()
     return fake
+
+
+@pytest.fixture
+def fake_q(fake_q_session):
+    """The session's fake, clean for this test."""
+    return reset_fake(fake_q_session)
 
 
 @pytest.fixture(scope="session")

@@ -169,9 +169,11 @@ def test_both_auth_styles_and_api_versions(amq_server, fake_q, headers):
 
 
 def test_non_streaming_upstream_error_keeps_its_status(anthropic_client, fake_q):
-    fake_q.enqueue(http_error(429, "ThrottlingException", "Rate exceeded"))
-    with pytest.raises(anthropic.RateLimitError):
+    fake_q.enqueue(http_error(429, "ThrottlingException", "Maximum requests reached for this month.",
+                              reason="MONTHLY_REQUEST_COUNT"))
+    with pytest.raises(anthropic.RateLimitError) as info:
         anthropic_client.messages.create(model="m", max_tokens=5, messages=HI)
+    assert info.value.response.headers["x-should-retry"] == "false"
 
 
 def test_non_streaming_mid_answer_fault_is_an_error_status(anthropic_client, fake_q):
