@@ -1,6 +1,7 @@
 """Shared fixtures: a strict fake Q, and amq itself under real gunicorn with gevent workers."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -22,6 +23,15 @@ def _clean_environ(monkeypatch):
     for key in list(os.environ):
         if key.startswith(("AMAZONQ_", "PROXY_API_KEYS")):
             monkeypatch.delenv(key, raising=False)
+
+
+def sse_events(response) -> list[tuple[str, dict]]:
+    """(event name, data) pairs of a raw SSE body."""
+    out = []
+    for chunk in response.text.strip().split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in chunk.splitlines())
+        out.append((lines["event"], json.loads(lines["data"])))
+    return out
 
 
 def free_port() -> int:

@@ -5,21 +5,13 @@ import anthropic
 import pytest
 import requests
 
+from tests.conftest import sse_events
 from tests.eventstream_encode import encode_event, encode_exception
 from tests.fakeq import events_reply, http_error, raw_reply, text_reply, tool_reply
 
 BASH = {"name": "Bash", "description": "Run a shell command",
         "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
                          "required": ["command"]}}
-
-
-def sse_events(response):
-    """(event name, data) pairs of a raw SSE body."""
-    out = []
-    for chunk in response.text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in chunk.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 def post_stream(amq_server, body):

@@ -8,22 +8,14 @@ import pytest
 import requests
 import responses
 
-from amq.errors import BadGateway, CredentialsRejected
+from amq.errors import BadGateway
 from app import create_app
-from tests.conftest import AmqServer, amq_env, free_port, reset_fake
+from tests.conftest import AmqServer, amq_env, free_port, reset_fake, sse_events
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import FakeQ, http_error, raw_reply, text_reply
 
 HI = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 KEYS = ("key-one-3f9a", "key-two-77c1")
-
-
-def sse(response):
-    out = []
-    for chunk in response.text.strip().split("\n\n"):
-        lines = dict(line.split(": ", 1) for line in chunk.splitlines())
-        out.append((lines["event"], json.loads(lines["data"])))
-    return out
 
 
 def assert_error(response, status, error_type):
@@ -246,7 +238,7 @@ def test_transient_errors_are_retried_before_the_first_byte(strict_server, fake_
 def test_no_retry_after_streaming_began(strict_server, fake_q):
     fake_q.enqueue(raw_reply([encode_event("assistantResponseEvent", {"content": "part"}),
                               encode_exception("ThrottlingException", "Rate exceeded")]))
-    events = sse(post(strict_server, stream=True))
+    events = sse_events(post(strict_server, stream=True))
     assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "rate_limit_error"
     assert len(fake_q.requests) == 1
 
@@ -256,7 +248,7 @@ def test_no_retry_after_streaming_began(strict_server, fake_q):
 def test_stalled_stream_ends_with_timeout_error_within_the_read_timeout(strict_server, fake_q):
     fake_q.enqueue(text_reply("first words", chunks=2, hang=True))
     started = time.monotonic()
-    events = sse(post(strict_server, stream=True))
+    events = sse_events(post(strict_server, stream=True))
     assert time.monotonic() - started < 6
     assert events[-1][0] == "error" and events[-1][1]["error"]["type"] == "timeout_error"
     assert "message_stop" not in [name for name, _ in events]
@@ -264,7 +256,7 @@ def test_stalled_stream_ends_with_timeout_error_within_the_read_timeout(strict_s
 
 def test_pings_keep_a_slow_but_alive_stream_open(strict_server, fake_q):
     fake_q.enqueue(text_reply("slow but steady answer", chunks=3, delay=1.0))  # under the 1.5 s read timeout
-    events = sse(post(strict_server, stream=True))
+    events = sse_events(post(strict_server, stream=True))
     names = [name for name, _ in events]
     assert names[-1] == "message_stop"
     first_delta = names.index("content_block_delta")
@@ -287,7 +279,7 @@ FAULTS = {
 @pytest.mark.parametrize("frames", FAULTS.values(), ids=FAULTS.keys())
 def test_mid_stream_faults_end_with_an_error_event(strict_server, fake_q, frames):
     fake_q.enqueue(raw_reply(frames))
-    events = sse(post(strict_server, stream=True))
+    events = sse_events(post(strict_server, stream=True))
     names = [name for name, _ in events]
     assert names[-1] == "error" and "message_stop" not in names
     assert events[-1][1]["error"]["type"] in ("api_error", "overloaded_error")
@@ -302,7 +294,7 @@ def test_mid_stream_faults_are_error_statuses_when_not_streaming(strict_server, 
 
 def test_connection_reset_mid_stream(strict_server, fake_q):
     fake_q.enqueue(text_reply("a longer answer that is cut off partway through", chunks=8, cut_after=250))
-    events = sse(post(strict_server, stream=True))
+    events = sse_events(post(strict_server, stream=True))
     assert events[-1][0] == "error" and "message_stop" not in [name for name, _ in events]
     fake_q.enqueue(text_reply("a longer answer that is cut off partway through", chunks=8, cut_after=250))
     response = post(strict_server)
