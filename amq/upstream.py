@@ -27,8 +27,9 @@ LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
 MAX_ERROR_BODY = 64 * 1024
 
 
-def new_session(pool_size: int = 256) -> requests.Session:
-    """One pooled session for every upstream call; sized for many concurrent streams."""
+def new_session(pool_size: int = 1000) -> requests.Session:
+    """One pooled session for every upstream call; sized like the worker's connection limit so
+    busy streams do not each open (and TLS-handshake) a connection of their own."""
     session = requests.Session()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
