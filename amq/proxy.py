@@ -32,8 +32,9 @@ class Proxy:
     models: ModelCatalogue
     _logged_server_tools: set = field(default_factory=set)
 
-    def open_message(self, request: dict) -> Iterator[dict]:
-        """Validate and convert `request`, open the Q stream, return the Anthropic events.
+    def open_message(self, request: dict) -> Iterator[list[dict]]:
+        """Validate and convert `request`, open the Q stream, return the Anthropic events
+        (in batches that arrived together).
 
         Everything that can fail before Q accepts the call raises here (an ordinary HTTP
         error); the returned iterator raises ProxyError only for faults mid-answer.

@@ -225,23 +225,29 @@ class StreamTranslator:
 
 
 def translate(translator: StreamTranslator,
-              events: Iterable[tuple[str, dict] | None]) -> Iterator[dict]:
-    """The whole Anthropic event sequence for an upstream event iterator.
+              batches: Iterable[list[tuple[str, dict]] | None]) -> Iterator[list[dict]]:
+    """The Anthropic events for upstream event batches, in batches that belong together.
 
     message_start is yielded before the first upstream event is read; a None from upstream
     (a long silence) becomes a `ping`.
     """
     try:
-        yield from translator.start()
-        for item in events:
-            if item is None:
-                yield {"type": "ping"}
+        yield translator.start()
+        for batch in batches:
+            if batch is None:
+                yield [{"type": "ping"}]
                 continue
-            yield from translator.feed(*item)
+            out: list[dict] = []
+            for event_type, payload in batch:
+                out += translator.feed(event_type, payload)
+                if translator.done:
+                    break
+            if out:
+                yield out
             if translator.done:
                 break  # a stop sequence or max_tokens: nothing more is wanted from Q
     finally:
-        close = getattr(events, "close", None)
+        close = getattr(batches, "close", None)
         if close is not None:
             close()  # releases the upstream connection at once
-    yield from translator.finish()
+    yield translator.finish()

@@ -146,12 +146,15 @@ class QClient:
             raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
 
     def events(self, response: requests.Response,
-               ping_interval: float | None = None) -> Iterator[tuple[str, dict] | None]:
-        """(event type, payload) pairs as frames arrive; closes the response on any exit.
+               ping_interval: float | None = None) -> Iterator[list[tuple[str, dict]] | None]:
+        """Batches of (event type, payload) pairs, one batch per read from the socket, as they
+        arrive; closes the response on any exit.
 
-        With `ping_interval`, None is yielded whenever Q has been silent that long, so the
-        caller can keep its own client's connection alive.
-        :raises ProxyError: for error frames, corrupt frames and a cut or stalled connection.
+        A batch is what arrived together, so the caller can write it out in one go. With
+        `ping_interval`, None is yielded whenever Q has been silent that long, so the caller
+        can keep its own client's connection alive.
+        :raises ProxyError: for error frames, corrupt frames and a cut or stalled connection;
+            the events decoded before the fault are yielded first.
         """
         decoder = EventStreamDecoder()
         chunks = _chunks_with_pings(response, ping_interval) if ping_interval else \
@@ -161,10 +164,16 @@ class QClient:
                 if chunk is None:
                     yield None
                     continue
-                for message in decoder.feed(chunk):
-                    event = _event(message)
-                    if event is not None:
-                        yield event
+                batch = []
+                try:
+                    for message in decoder.feed(chunk):
+                        batch.append(_event(message))
+                except ProxyError:
+                    if batch:
+                        yield batch  # what came before an error frame still reaches the client
+                    raise
+                if batch:
+                    yield batch
             decoder.finish()
         except EventStreamError as exc:
             raise UpstreamFailure(f"Amazon Q sent a corrupt event stream: {exc}") from None
@@ -252,7 +261,7 @@ def _read_limited(response: requests.Response) -> bytes:
     return raw or b""
 
 
-def _event(message) -> tuple[str, dict] | None:
+def _event(message) -> tuple[str, dict]:
     """An event's type and JSON payload; error frames raise like the AWS SDKs do."""
     headers = message.headers
     kind = headers.get(":message-type")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from itertools import chain
 from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
@@ -56,11 +57,13 @@ def _json_object() -> dict:
     return payload
 
 
-def _sse(events: Iterator[dict]) -> Iterator[bytes]:
-    """Write each event as soon as it exists; a fault ends the stream with an error event."""
+def _sse(batches: Iterator[list[dict]]) -> Iterator[bytes]:
+    """Write each batch of events as soon as it exists; a fault ends the stream with an error
+    event."""
     try:
-        for event in events:
-            yield format_event(event)
+        for batch in batches:
+            # One write per batch: each write is a chunk and two syscalls in gunicorn.
+            yield b"".join(map(format_event, batch))
     except ProxyError as exc:
         logger.warning("stream ended by %s: %s", exc.error_type, exc.message)
         yield format_event(StreamTranslator.error(exc))
@@ -69,7 +72,7 @@ def _sse(events: Iterator[dict]) -> Iterator[bytes]:
         yield format_event({"type": "error", "error": {"type": "api_error",
                                                        "message": "internal error in amq"}})
     finally:
-        events.close()  # closes the upstream response, also when the client went away
+        batches.close()  # closes the upstream response, also when the client went away
 
 
 @bp.post("/v1/messages")
@@ -83,7 +86,7 @@ def create_message():
         return Response(_sse(events), status=200, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
-        return jsonify(collect_message(events))
+        return jsonify(collect_message(chain.from_iterable(events)))
     finally:
         events.close()
 

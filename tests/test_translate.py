@@ -7,9 +7,11 @@ from amq.translate import StreamTranslator, new_id, translate
 
 
 def run(events, **kwargs):
+    """The flat event list for upstream events arriving one per read."""
     options = dict(model="claude-sonnet-4-5", input_tokens=42)
     options.update(kwargs)
-    return list(translate(StreamTranslator(**options), events))
+    batches = translate(StreamTranslator(**options), ([event] for event in events))
+    return [event for batch in batches for event in batch]
 
 
 def kinds(out):
@@ -40,9 +42,8 @@ def test_message_start_is_yielded_before_the_first_upstream_event_is_read():
         raise AssertionError("read too early")
         yield  # pragma: no cover
 
-    events = translate(StreamTranslator(model="m", input_tokens=1), upstream())
-    assert next(events)["type"] == "message_start"
-    assert next(events)["type"] == "ping"
+    batches = translate(StreamTranslator(model="m", input_tokens=1), upstream())
+    assert [event["type"] for event in next(batches)] == ["message_start", "ping"]
 
 
 def test_text_turn():
@@ -149,3 +150,13 @@ def test_collect_message_folds_the_same_events():
 def test_ids_have_the_checked_shape():
     import re
     assert re.fullmatch(r"msg_[A-Za-z0-9_]{1,64}", new_id("msg_"))
+
+
+def test_events_that_arrived_together_stay_together():
+    batches = list(translate(StreamTranslator(model="m", input_tokens=1), [TEXT, None, TOOL]))
+    kinds_per_batch = [[event["type"] for event in batch] for batch in batches]
+    assert kinds_per_batch[0] == ["message_start", "ping"]
+    assert kinds_per_batch[1] == ["content_block_start", "content_block_delta", "content_block_delta"]
+    assert kinds_per_batch[2] == ["ping"]  # a silence upstream
+    assert kinds_per_batch[3][0] == "content_block_stop" and kinds_per_batch[3][-1] == "content_block_stop"
+    assert kinds_per_batch[4] == ["message_delta", "message_stop"]
