@@ -10,10 +10,13 @@ import sys
 import time
 import uuid
 
+import click
 from dotenv import load_dotenv
-from flask import Flask, g, jsonify, request
+from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from amq.access import check_access
+from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
 from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.models import ModelCatalogue
@@ -23,14 +26,13 @@ from amq.upstream import QClient, new_session
 from amq.views import bp
 
 logger = logging.getLogger("amq")
-MAX_REQUEST_BYTES = 32 * 1024 * 1024
 
 
 def _configure_logging(level: str) -> None:
     root = logging.getLogger()
     if not root.handlers:
         logging.basicConfig(stream=sys.stderr,
-                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
     logging.getLogger("amq").setLevel(level)
     # urllib3 logs URLs and headers at DEBUG; keep it quiet whatever LOG_LEVEL says.
     logging.getLogger("urllib3").setLevel(logging.WARNING)
@@ -43,7 +45,8 @@ def _http_error(exc: HTTPException) -> ProxyError:
     if exc.code == 405:
         return MethodNotAllowed(f"method {request.method} is not allowed on {request.path}")
     if exc.code == 413:
-        return RequestTooLarge("request body is too large")
+        return RequestTooLarge(f"request body is larger than {current_app.config['MAX_CONTENT_LENGTH']} "
+                               "bytes (MAX_REQUEST_BYTES)")
     error = InvalidRequest(exc.description or exc.name) if (exc.code or 500) < 500 else ProxyError(exc.name)
     error.status = exc.code or 500
     return error
@@ -56,9 +59,17 @@ def _error_response(error: ProxyError):
     return response
 
 
-def create_app(test_config: dict | None = None) -> Flask:
+def _serving() -> bool:
+    """gunicorn (no click context) and `flask run` serve; other flask commands (login...) do not."""
+    context = click.get_current_context(silent=True)
+    return context is None or context.info_name == "run"
+
+
+def create_app(test_config: dict | None = None, require_credentials: bool | None = None) -> Flask:
     """Build the app; settings come from the environment, `.env`, and `test_config` on top.
 
+    Credentials are required when serving (default: unless a flask command other than `run`
+    builds the app, so `flask --app app login` works before any login exists).
     :raises SystemExit: with one line naming a missing or malformed setting (no traceback
         for `flask run` or gunicorn).
     """
@@ -68,24 +79,30 @@ def create_app(test_config: dict | None = None) -> Flask:
     session = new_session()
     try:
         settings = load_settings(environ)
-        tokens = TokenManager.from_settings(settings, session)
+        required = _serving() if require_credentials is None else require_credentials
+        tokens = TokenManager.from_settings(settings, session, required=required)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
-    app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
+    # Werkzeug refuses a larger declared Content-Length; views._body() limits chunked bodies.
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
-                     session=session, timeout=(settings.connect_timeout, settings.read_timeout))
+                     session=session, timeout=(settings.connect_timeout, settings.read_timeout),
+                     max_attempts=settings.max_attempts, retry_budget=settings.retry_budget)
     models = ModelCatalogue(settings.default_model, settings.model_map,
                             fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models)
     app.register_blueprint(bp)
+    register_commands(app)
 
     @app.before_request
     def _start():
         g.request_id = "req_" + uuid.uuid4().hex
         g.started = time.monotonic()
+        if request.path.startswith("/v1/"):
+            check_access(request.headers, request.remote_addr, settings.proxy_api_keys)
 
     @app.after_request
     def _finish(response):

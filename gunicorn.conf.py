@@ -1,15 +1,22 @@
 """gunicorn settings: `gunicorn wsgi:app` reads this file from the working directory."""
-import os
+# on_starting imports the app (and so ssl and sockets) in the master; patch first so the
+# forked gevent workers do not inherit unpatched modules.
+from gevent import monkey
 
-from dotenv import load_dotenv
+monkey.patch_all()
+
+import os  # noqa: E402
+
+from dotenv import load_dotenv  # noqa: E402
 
 load_dotenv()
 
 bind = f"0.0.0.0:{os.environ.get('PORT', '8080')}"
 worker_class = "gevent"
-# One gevent worker serves hundreds of concurrent streams. Token refreshes are serialised
-# within a process only, so keep one worker unless the refresh token never rotates.
-workers = int(os.environ.get("WEB_CONCURRENCY", "1"))
+# One gevent worker serves hundreds of concurrent streams; a second one keeps serving while the
+# other is busy (CPU, a restart). Workers share one credential store: refreshes are serialised
+# across processes by its lock, so a rotating refresh token is never lost between them.
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
 worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "1000"))
 # Streams can run for minutes; the gevent worker's heartbeat keeps it alive meanwhile.
 timeout = 60

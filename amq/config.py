@@ -16,6 +16,15 @@ def default_token_cache() -> str:
     return os.path.join(base, "amq", "token.json")
 
 
+# AWS Builder ID logins always live in us-east-1 (spec 4.1); IAM Identity Center uses its own region.
+DEFAULT_REGION = "us-east-1"
+
+
+def oidc_url(region: str) -> str:
+    """Base URL of the SSO-OIDC service of `region` (RegisterClient, device flow, CreateToken)."""
+    return f"https://oidc.{region}.amazonaws.com"
+
+
 # Defaults in one mapping; every key is also the environment variable's name.
 DEFAULTS: dict[str, str] = {
     "AMAZONQ_REFRESH_TOKEN": "",
@@ -23,7 +32,8 @@ DEFAULTS: dict[str, str] = {
     "AMAZONQ_CLIENT_SECRET": "",
     "AMAZONQ_PROFILE_ARN": "",
     "AMAZONQ_API_ENDPOINT": "https://q.us-east-1.amazonaws.com/",
-    "AMAZONQ_TOKEN_ENDPOINT": "https://oidc.us-east-1.amazonaws.com/token",
+    # Empty: the stored login's OIDC endpoint, else https://oidc.us-east-1.amazonaws.com/token.
+    "AMAZONQ_TOKEN_ENDPOINT": "",
     "AMAZONQ_TOKEN_CACHE": "",
     # Spec 1.1: the RPC binding is what the Q CLI uses; REST is UNCONFIRMED on q.* hosts.
     "AMAZONQ_API_BINDING": "rpc",
@@ -109,7 +119,7 @@ def load_settings(environ: dict | None = None) -> Settings:
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
-        if not values[key].startswith(("http://", "https://")):
+        if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
     return Settings(
         refresh_token=values["AMAZONQ_REFRESH_TOKEN"],

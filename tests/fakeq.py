@@ -6,6 +6,12 @@ stream, 4 for /token, 5 for ListAvailableModels). Tests script the answers with 
 builders (`text_reply`, `tool_reply`, `events_reply`, `raw_reply`, `http_error`) and inspect
 what amq sent through `FakeQ.requests`, `FakeQ.token_requests` and `FakeQ.rejections`.
 
+The OIDC side (spec 4) has RegisterClient, StartDeviceAuthorization and CreateToken for the
+refresh-token and device-code grants. Refresh tokens rotate at every refresh (the old one stops
+working at once, also when the client never reads the answer); the device flow answers
+authorization_pending until `approve(user_code)`, slow_down to polls faster than the interval,
+expired_token after `device_expires_in`. `token_log` records every CreateToken outcome.
+
 Streams go out as HTTP/1.1 chunked bodies cut into uneven, seeded chunk sizes, so event-stream
 frames straddle chunk boundaries the way they do over a real network.
 
@@ -444,6 +450,19 @@ class _HeaderDict(dict):
         return super().__contains__(key.lower())
 
 
+DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
+# OAuth error code -> (HTTP status, exception name, description); shapes per spec 4.3.
+OIDC_ERRORS = {
+    "authorization_pending": (400, "AuthorizationPendingException", "Authorization is still pending"),
+    "slow_down": (400, "SlowDownException", "Client is polling too quickly"),
+    "expired_token": (400, "ExpiredTokenException", "Device code has expired"),
+    "access_denied": (400, "AccessDeniedException", "Authorization was denied"),
+    "invalid_grant": (400, "InvalidGrantException", "Invalid grant provided"),
+}
+REGISTER_KEYS = {"clientName", "clientType", "scopes", "redirectUris", "grantTypes", "issuerUrl",
+                 "entitledApplicationArn"}
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() shuts the sockets down instead, so nothing can hang teardown
@@ -467,6 +486,21 @@ class FakeQ:
         self.model_requests: list[dict] = []
         self.token_requests: list[dict] = []
         self.rejections: list[str] = []
+        # OIDC: registrations, device flow, and every CreateToken outcome with its time.
+        self.token_delay = 0.0  # seconds between issuing a token and sending the answer
+        self.client_secret_ttl = 90 * 86400
+        self.device_interval = 1
+        self.device_expires_in = 600
+        self.enforce_poll_interval = True  # slow_down for polls sooner than the interval
+        self.device_script: list[str] = []  # OAuth errors answered to the next device polls
+        self.auto_approve = False
+        self.registrations: list[dict] = []
+        self.device_authorizations: list[dict] = []
+        self.token_log: list[dict] = []  # {"at": monotonic, "grantType", "error" or None}
+        self.bearer_rejections = 0
+        self._clients: dict[str, tuple[str, float]] = {self.client_id: (self.client_secret, time.time() + self.client_secret_ttl)}
+        self._grants: dict[str, str] = {self.refresh_token: self.client_id}  # valid refresh token -> client
+        self._devices: dict[str, dict] = {}
         self.closed_early = 0
         self._lock = threading.Lock()
         self._script: list[Reply] = []
@@ -540,27 +574,149 @@ class FakeQ:
         with self._lock:
             return self._access_tokens.get(token, 0) > time.monotonic()
 
-    def refresh(self, body: dict) -> tuple[int, dict, dict]:
-        """CreateToken with grantType refresh_token (spec 4.1-4.3): (status, json body, extra headers)."""
+    def _check_body(self, body, required) -> tuple[int, dict, dict] | None:
         if not isinstance(body, dict) or any("_" in key for key in body):
             return _oidc_error(400, "InvalidRequestException", "invalid_request",
                                "Request body must be a JSON object with camelCase keys")
-        missing = [k for k in ("clientId", "clientSecret", "grantType") if not isinstance(body.get(k), str)]
+        missing = [k for k in required if not isinstance(body.get(k), str)]
         if missing:
             return _oidc_error(400, "InvalidRequestException", "invalid_request", f"Missing {missing}")
-        if (body["clientId"], body["clientSecret"]) != (self.client_id, self.client_secret):
+        return None
+
+    def _client_valid(self, body) -> bool:
+        with self._lock:
+            secret, expires = self._clients.get(body["clientId"], (None, 0))
+        return secret == body["clientSecret"] and expires > time.time()
+
+    def register_client(self, body) -> tuple[int, dict, dict]:
+        """RegisterClient (spec 4.1): a public client for the device flow."""
+        if isinstance(body, dict) and set(body) - REGISTER_KEYS:
+            return _oidc_error(400, "InvalidRequestException", "invalid_request",
+                               f"Unknown keys {sorted(set(body) - REGISTER_KEYS)}")
+        error = self._check_body(body, ("clientName", "clientType"))
+        if error:
+            return error
+        if body["clientType"] != "public" or not all(isinstance(x, str) for x in body.get("scopes", [])):
+            return _oidc_error(400, "InvalidClientMetadataException", "invalid_client_metadata",
+                               "Invalid client metadata")
+        client_id, secret = "fakeq-" + uuid.uuid4().hex[:16], "fakeq-secret-" + uuid.uuid4().hex
+        now = time.time()
+        with self._lock:
+            self.registrations.append(body)
+            self._clients[client_id] = (secret, now + self.client_secret_ttl)
+        return 200, {"clientId": client_id, "clientSecret": secret, "clientIdIssuedAt": int(now),
+                     "clientSecretExpiresAt": int(now + self.client_secret_ttl)}, {}
+
+    def start_device_authorization(self, body) -> tuple[int, dict, dict]:
+        """StartDeviceAuthorization (spec 4.1)."""
+        error = self._check_body(body, ("clientId", "clientSecret", "startUrl"))
+        if error:
+            return error
+        if not self._client_valid(body):
             return _oidc_error(401, "InvalidClientException", "invalid_client", "Invalid client provided")
+        device_code = _token("dc")
+        user_code = "-".join(uuid.uuid4().hex[i:i + 4].upper() for i in (0, 4))
+        now = time.monotonic()
+        with self._lock:
+            self.device_authorizations.append(body)
+            self._devices[device_code] = {
+                "client": body["clientId"], "user_code": user_code, "expires": now + self.device_expires_in,
+                "interval": self.device_interval, "last_poll": now, "approved": False, "denied": False,
+                "used": False, "start_url": body["startUrl"]}
+        verify = self.url + "device/"
+        return 200, {"deviceCode": device_code, "userCode": user_code, "verificationUri": verify,
+                     "verificationUriComplete": f"{verify}?user_code={user_code}",
+                     "expiresIn": self.device_expires_in, "interval": self.device_interval}, {}
+
+    def approve(self, user_code: str, deny: bool = False):
+        """What the user does in the browser: approve (or deny) the code."""
+        with self._lock:
+            for device in self._devices.values():
+                if device["user_code"] == user_code:
+                    device["denied" if deny else "approved"] = True
+                    return
+        raise KeyError(user_code)
+
+    def create_token(self, body) -> tuple[int, dict, dict]:
+        """CreateToken (spec 4.1-4.3): (status, json body, extra headers); logged in token_log."""
+        status, payload, headers = self._create_token(body)
+        with self._lock:
+            self.token_log.append({"at": time.monotonic(), "grantType": (body or {}).get("grantType")
+                                   if isinstance(body, dict) else None,
+                                   "error": payload.get("error") if status != 200 else None})
+        return status, payload, headers
+
+    refresh = create_token  # the name older tests use
+
+    def _create_token(self, body) -> tuple[int, dict, dict]:
+        error = self._check_body(body, ("clientId", "clientSecret", "grantType"))
+        if error:
+            return error
+        if not self._client_valid(body):
+            return _oidc_error(401, "InvalidClientException", "invalid_client", "Invalid client provided")
+        if body["grantType"] == DEVICE_GRANT:
+            return self._device_token(body)
         if body["grantType"] != "refresh_token":
             return _oidc_error(400, "UnsupportedGrantTypeException", "unsupported_grant_type",
                                f"Unsupported grant type {body['grantType']!r}")
         with self._lock:
-            if body.get("refreshToken") != self.refresh_token:
+            sent = body.get("refreshToken")
+            if self._grants.get(sent) != body["clientId"]:
                 return _oidc_error(400, "InvalidGrantException", "invalid_grant", "Invalid refresh token provided")
-            if self.rotate_refresh_tokens:
-                self.refresh_token = _token("aor")
-            refresh_token = self.refresh_token
-        return 200, {"accessToken": self.issue_access_token(), "tokenType": "Bearer",
-                     "expiresIn": self.access_token_ttl, "refreshToken": refresh_token}, {}
+            refresh_token = sent
+            if self.rotate_refresh_tokens:  # the old token stops working at once
+                refresh_token = _token("aor")
+                del self._grants[sent]
+                self._grants[refresh_token] = body["clientId"]
+                if sent == self.refresh_token:
+                    self.refresh_token = refresh_token
+        return 200, self._issue(refresh_token), {}
+
+    def _device_token(self, body) -> tuple[int, dict, dict]:
+        now = time.monotonic()
+        with self._lock:
+            device = self._devices.get(body.get("deviceCode"))
+            if device is None or device["client"] != body["clientId"] or device["used"]:
+                outcome = "invalid_grant"
+            elif now >= device["expires"]:
+                outcome = "expired_token"
+            elif self.device_script:
+                outcome = self.device_script.pop(0)
+            elif self.enforce_poll_interval and now - device["last_poll"] < device["interval"] * 0.8:
+                outcome = "slow_down"
+            elif device["denied"]:
+                outcome = "access_denied"
+            elif not (device["approved"] or self.auto_approve):
+                outcome = "authorization_pending"
+            else:
+                outcome = None
+            if device is not None:
+                device["last_poll"] = now
+                if outcome == "slow_down":
+                    device["interval"] += 5  # RFC 8628 3.5
+            if outcome is None:
+                device["used"] = True
+                refresh_token = _token("aor")
+                self._grants[refresh_token] = body["clientId"]
+        if outcome is not None:
+            status, exception, description = OIDC_ERRORS[outcome]
+            return _oidc_error(status, exception, outcome, description)
+        return 200, self._issue(refresh_token), {}
+
+    def _issue(self, refresh_token: str) -> dict:
+        return {"accessToken": self.issue_access_token(), "tokenType": "Bearer",
+                "expiresIn": self.access_token_ttl, "refreshToken": refresh_token}
+
+    def new_login(self) -> str:
+        """A refresh token for the pre-registered client, as a fresh login would yield."""
+        refresh_token = _token("aor")
+        with self._lock:
+            self._grants[refresh_token] = self.client_id
+        return refresh_token
+
+    def refresh_token_valid(self, refresh_token: str) -> bool:
+        with self._lock:
+            return refresh_token in self._grants
 
     def list_models(self, body) -> tuple[int, dict]:
         """ListAvailableModels with nextToken pagination (spec 5.1)."""
@@ -624,6 +780,10 @@ class _Handler(BaseHTTPRequestHandler):
         target = self.headers.get("X-Amz-Target")
         if self.path == "/token":
             return self._token(raw)
+        if self.path == "/client/register":
+            return self._oidc(raw, self.fake.register_client)
+        if self.path == "/device_authorization":
+            return self._oidc(raw, self.fake.start_device_authorization)
         if self.path == "/" and target == GAR_TARGET:
             return self._generate(raw, target, RPC_CONTENT_TYPE)
         if self.path == "/generateAssistantResponse" and target is None:
@@ -637,7 +797,16 @@ class _Handler(BaseHTTPRequestHandler):
         body = _parse_json(raw)
         with self.fake._lock:
             self.fake.token_requests.append(body)
-        status, payload, headers = self.fake.refresh(body)
+        status, payload, headers = self.fake.create_token(body)
+        if self.fake.token_delay:  # issued (and rotated) already; the answer is on its way
+            time.sleep(self.fake.token_delay)
+        try:
+            self._send_json(status, payload, headers, content_type="application/json")
+        except OSError:  # the client died waiting; what was issued stays issued
+            self.close_connection = True
+
+    def _oidc(self, raw: bytes, operation):
+        status, payload, headers = operation(_parse_json(raw))
         self._send_json(status, payload, headers, content_type="application/json")
 
     def _list_models(self, raw: bytes):
@@ -688,6 +857,8 @@ class _Handler(BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization") or ""
         if not self.fake.require_auth or (auth.startswith("Bearer ") and self.fake.access_token_valid(auth[7:])):
             return True
+        with self.fake._lock:
+            self.fake.bearer_rejections += 1
         self._send_error_json(403, "AccessDeniedException", BAD_BEARER, None)
         return False
 

@@ -84,7 +84,7 @@ def test_rotated_refresh_token_is_stored_at_once_with_mode_0600(tmp_path):
     manager.get_token()
     assert json.loads(responses.calls[1].request.body)["refreshToken"] == "rt-1"
     assert json.loads(path.read_text())["refreshToken"] == "rt-2"
-    assert not [p for p in os.listdir(tmp_path) if p.startswith(".token-")]  # no temp files left
+    assert sorted(os.listdir(tmp_path)) == ["token.json", "token.json.lock"]  # no temp files left
 
 
 @responses.activate
@@ -93,6 +93,19 @@ def test_short_lived_token_is_used_for_its_request_without_a_refresh_loop(tmp_pa
     manager = make_manager(tmp_path)
     assert manager.get_token() == "at-1"
     assert call.call_count == 1
+
+
+@responses.activate
+def test_short_lived_tokens_are_refreshed_at_four_fifths_of_their_life(tmp_path):
+    clock = Clock()
+    responses.post(TOKEN_URL, json=token_reply("at-1", expires_in=60))
+    responses.post(TOKEN_URL, json=token_reply("at-2", expires_in=60))
+    manager = make_manager(tmp_path, clock)
+    assert manager.get_token() == "at-1"
+    clock.now += 47
+    assert manager.get_token() == "at-1"
+    clock.now += 2
+    assert manager.get_token() == "at-2"
 
 
 @responses.activate

@@ -1,0 +1,213 @@
+"""Commands on the app's CLI: `flask --app app login | import-q-cli | status`.
+
+They run without any credentials configured (create_app requires them only when serving) and
+never print a secret: no token, no client secret.
+"""
+from __future__ import annotations
+
+import time
+
+import click
+import requests
+from click.core import ParameterSource
+from flask import current_app
+from flask.cli import with_appcontext
+
+from .config import DEFAULT_REGION, Settings, oidc_url
+from .errors import (BadGateway, ProxyError, is_invalid_bearer, map_upstream_error,
+                     parse_upstream_error)
+from .importer import ImportFailed, find_login
+from .login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
+from .tokens import TokenCache, TokenManager, iso_time, stored_token
+
+LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
+
+
+def register_commands(app) -> None:
+    for command in (login_command, import_command, status_command):
+        app.cli.add_command(command)
+
+
+def _proxy():
+    return current_app.extensions["amq"]
+
+
+def _oidc_base(settings: Settings, override: str | None, region: str, region_given: bool) -> str:
+    """--oidc-url, else the service of an explicit --region, else AMAZONQ_TOKEN_ENDPOINT without
+    its /token, else the (default) region's service."""
+    if override:
+        return override.rstrip("/")
+    endpoint = settings.token_endpoint.rstrip("/")
+    if endpoint and not region_given:
+        return endpoint[:-len("/token")] if endpoint.endswith("/token") else endpoint
+    return oidc_url(region)
+
+
+def _warn_environment(settings: Settings) -> None:
+    if settings.refresh_token:
+        click.echo("Warning: AMAZONQ_REFRESH_TOKEN is set (environment or .env) and wins over the "
+                   "stored login at the next start; remove AMAZONQ_REFRESH_TOKEN, AMAZONQ_CLIENT_ID "
+                   "and AMAZONQ_CLIENT_SECRET to use it.", err=True)
+
+
+def _when(epoch: float, now: float) -> str:
+    seconds = epoch - now
+    span = abs(seconds)
+    text = (f"{span / 86400:.0f} days" if span >= 2 * 86400 else f"{span / 3600:.1f} h" if span >= 3600
+            else f"{span / 60:.0f} min" if span >= 60 else f"{span:.0f} s")
+    return f"{iso_time(epoch)} (in {text})" if seconds >= 0 else f"{iso_time(epoch)} ({text} ago)"
+
+
+@click.command("login")
+@click.option("--start-url", default=BUILDER_ID_START_URL, show_default=True,
+              help="Start URL of your IAM Identity Center portal; the default is AWS Builder ID.")
+@click.option("--region", default=DEFAULT_REGION, show_default=True,
+              help="Region of the login (IAM Identity Center: your directory's region).")
+@click.option("--oidc-url", "oidc_override", metavar="URL",
+              help="SSO-OIDC base URL. Default: https://oidc.REGION.amazonaws.com, or "
+                   "AMAZONQ_TOKEN_ENDPOINT without /token if that is set and --region is not.")
+@with_appcontext
+def login_command(start_url: str, region: str, oidc_override: str | None):
+    """Log in to Amazon Q (device code flow) and store the login for amq."""
+    settings = _proxy().settings
+    cache = TokenCache(settings.token_cache)
+    region_given = click.get_current_context().get_parameter_source("region") != ParameterSource.DEFAULT
+    oidc = OidcClient(_oidc_base(settings, oidc_override, region, region_given), requests.Session(),
+                      timeout=(settings.connect_timeout, 30.0))
+    try:
+        record = device_login(oidc, start_url=start_url, region=region, previous=cache.load(),
+                              echo=click.echo)
+    except LoginError as exc:
+        raise click.ClickException(str(exc)) from None
+    cache.replace_login(record)
+    click.echo(f"Logged in. The login is stored in {cache.path} (mode 0600).")
+    _warn_environment(settings)
+    if start_url != BUILDER_ID_START_URL and not settings.profile_arn:
+        click.echo("IAM Identity Center: set AMAZONQ_PROFILE_ARN to your Amazon Q Developer profile "
+                   "ARN (and AMAZONQ_API_ENDPOINT for profiles outside us-east-1).")
+    click.echo("Start amq with `gunicorn wsgi:app`; `flask --app app status` checks the login.")
+
+
+@click.command("import-q-cli")
+@click.argument("path", required=False, type=click.Path(dir_okay=False))
+@click.option("--kiro", is_flag=True, help="Take the Kiro CLI's login (default database, or its keys in PATH).")
+@with_appcontext
+def import_command(path: str | None, kiro: bool):
+    """Import the Amazon Q CLI's (or Kiro CLI's) login from its SQLite database.
+
+    PATH defaults to data.sqlite3 in the CLI's data directory (Linux: ~/.local/share/amazon-q/,
+    macOS: ~/Library/Application Support/amazon-q/, Windows: %LOCALAPPDATA%\\amazon-q\\; the Kiro
+    CLI's is kiro-cli/ beside it).
+    """
+    settings = _proxy().settings
+    try:
+        found = find_login(path, prefer="Kiro CLI" if kiro else None)
+    except ImportFailed as exc:
+        raise click.ClickException(str(exc)) from None
+    cache = TokenCache(settings.token_cache)
+    cache.replace_login(found.record)
+    record = found.record
+    expiry = record.get("clientSecretExpiresAt")
+    click.echo(f"Imported the {found.source} login from {found.path} into {cache.path} "
+               f"(region {record['region']}"
+               + (f", registration valid until {iso_time(expiry)}" if expiry else "") + ").")
+    for note in found.notes:
+        click.echo(f"Note: {note}.")
+    click.echo(f"Note: amq and the {found.source} now share one refresh token. If the service "
+               "rotates it, whichever refreshes first signs the other out; `flask --app app login` "
+               "gives amq a login of its own.")
+    if found.profile_arn and found.profile_arn != settings.profile_arn:
+        region = found.profile_arn.split(":")[3] if found.profile_arn.count(":") >= 5 else ""
+        click.echo(f"The {found.source} uses the profile {found.profile_arn}: set AMAZONQ_PROFILE_ARN "
+                   "to it" + (f" and AMAZONQ_API_ENDPOINT=https://q.{region}.amazonaws.com/"
+                              if region and region != DEFAULT_REGION else "") + ".")
+    _warn_environment(settings)
+
+
+@click.command("status")
+@click.option("--offline", is_flag=True, help="Only show what is stored; do not contact Amazon Q.")
+@with_appcontext
+def status_command(offline: bool):
+    """Show where the credentials come from and check them against Amazon Q."""
+    proxy = _proxy()
+    settings, tokens = proxy.settings, proxy.tokens
+    now = time.time()
+    stored = tokens.cache.load()
+    if tokens.missing:
+        click.echo(f"credentials: none ({tokens.missing} is not set and {tokens.cache.path} holds "
+                   "no login). Run `flask --app app login` or `flask --app app import-q-cli`.")
+        raise click.exceptions.Exit(1)
+    owns = tokens.owns(stored)
+    source = tokens.source or "environment"
+    if source == "login":
+        text = "stored by `flask --app app login`"
+        if stored.get("loggedInAt"):
+            text += f" on {iso_time(float(stored['loggedInAt']))}"
+    elif source == "environment":
+        text = "the environment (AMAZONQ_REFRESH_TOKEN, AMAZONQ_CLIENT_ID, AMAZONQ_CLIENT_SECRET)"
+        if owns:
+            text += "; its newest refresh token is in the store"
+    else:
+        text = f"imported from the {source}"
+    click.echo(f"credentials: {text}")
+    click.echo(f"store: {tokens.cache.path}" + ("" if owns else " (holds no login of these credentials yet)"))
+    if owns and (stored.get("region") or stored.get("startUrl")):
+        click.echo(f"login: region {stored.get('region', '?')}, start URL {stored.get('startUrl', '?')}")
+    click.echo(f"token endpoint: {tokens.token_endpoint}")
+    if owns and stored.get("clientSecretExpiresAt"):
+        expires = float(stored["clientSecretExpiresAt"])
+        click.echo(f"client registration: expires {_when(expires, now)}"
+                   + ("; log in again soon" if expires - now < 7 * 86400 else ""))
+    token = tokens.token or (stored_token(stored) if owns else None)
+    if token is None:
+        click.echo("access token: none yet (the first request refreshes)")
+    else:
+        click.echo(f"access token: {'expires' if token.expires_at > now else 'expired'} {_when(token.expires_at, now)}")
+    if owns and stored.get("refreshStartedAt"):
+        click.echo(f"warning: a refresh started at {iso_time(float(stored['refreshStartedAt']))} did not "
+                   "finish; if the next one is refused, log in again")
+    click.echo(f"profile ARN: {settings.profile_arn or 'none (AWS Builder ID)'}")
+    if offline:
+        return
+    before = tokens.token
+    try:
+        access = tokens.get_token()
+        if before is None or before.token != access:
+            click.echo(f"access token: refreshed, expires {_when(tokens.token.expires_at, time.time())}")
+        count, default = list_models(settings, tokens, access)
+    except ProxyError as exc:
+        click.echo(f"live check: FAILED: {exc.message}")
+        raise click.exceptions.Exit(1) from None
+    click.echo(f"live check: OK (ListAvailableModels at {settings.api_endpoint}: {count} models"
+               + (f", default {default}" if default else "") + ")")
+
+
+def list_models(settings: Settings, tokens: TokenManager, access: str) -> tuple[int, str | None]:
+    """One page of ListAvailableModels (spec 5.1): the cheapest call that proves the token works.
+
+    :raises ProxyError: mapped from the Q error.
+    """
+    url = settings.api_endpoint.rstrip("/") + "/"
+    body = {"origin": settings.origin, "maxResults": 50}
+    if settings.profile_arn:
+        body["profileArn"] = settings.profile_arn
+    headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
+    session = requests.Session()
+    for attempt in (1, 2):
+        try:
+            response = session.post(url, json=body, timeout=(settings.connect_timeout, 30.0),
+                                    headers=dict(headers, Authorization=f"Bearer {access}"))
+        except requests.RequestException as exc:
+            raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
+        if response.status_code == 200:
+            try:
+                data = response.json()
+                return len(data.get("models") or []), (data.get("defaultModel") or {}).get("modelId")
+            except (ValueError, AttributeError):
+                raise BadGateway("ListAvailableModels answered with something not JSON") from None
+        code, reason, message = parse_upstream_error(response.status_code, response.content, response.headers)
+        if attempt == 1 and is_invalid_bearer(response.status_code, code, message):
+            access = tokens.refresh_after_rejection(access)
+            continue
+        raise map_upstream_error(response.status_code, code, reason, message)
+    raise AssertionError("unreachable")
