@@ -75,16 +75,8 @@ class Overloaded(ProxyError):
 
 
 class CredentialsRejected(AuthenticationFailed):
-    """The OIDC service refused our refresh token: only a new login fixes it."""
-
-    def __init__(self, detail: str = ""):
-        super().__init__(
-            "Amazon Q refresh token is no longer valid"
-            + (f" ({detail})" if detail else "")
-            + ". Log in again (for example with the Amazon Q CLI: `q login`) and put the new "
-            "refresh token, client id and client secret into AMAZONQ_REFRESH_TOKEN, "
-            "AMAZONQ_CLIENT_ID and AMAZONQ_CLIENT_SECRET."
-        )
+    """The login itself was refused or is missing: only a new login fixes it (the token
+    manager words the message, as it knows where the login came from)."""
 
 
 def error_code(raw: str | None) -> str:

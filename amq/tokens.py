@@ -71,7 +71,7 @@ class RefreshRejected(CredentialsRejected):
         if interrupted_at:
             message += (" An earlier refresh was interrupted at " + iso_time(interrupted_at)
                         + " before amq could store the refresh token the service issued then.")
-        AuthenticationFailed.__init__(self, message + " " + LOGIN_HINT)
+        super().__init__(message + " " + LOGIN_HINT)
         self.grant = grant  # the refresh token itself was refused (not the registration)
 
 
