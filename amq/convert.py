@@ -10,6 +10,7 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
+import math
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ MAX_DESCRIPTION = 10_240
 MAX_IMAGES_PER_MESSAGE = 10
 _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+# json.loads turns a "\\ud800" escape into a lone surrogate, which UTF-8 cannot encode.
+_LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
 # Placeholders where Q needs content the client did not give (spec 1.6a).
@@ -48,7 +51,7 @@ def q_tool_name(name: str) -> str:
     """A name Q accepts, reversible through Conversion.tool_names (stable across turns)."""
     if _NAME_OK.match(name):
         return name
-    digest = hashlib.sha1(name.encode("utf-8")).hexdigest()[:8]
+    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return _NAME_BAD_CHARS.sub("_", name)[:55] + "_" + digest
 
 
@@ -56,7 +59,7 @@ def q_tool_use_id(tool_use_id: str) -> str:
     """Tool-use ids must match Q's pattern too; uses and results map the same way."""
     if _NAME_OK.match(tool_use_id):
         return tool_use_id
-    return "tooluse_" + hashlib.sha1(tool_use_id.encode("utf-8")).hexdigest()[:32]
+    return "tooluse_" + hashlib.sha1(tool_use_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 class _Turn:
@@ -68,6 +71,31 @@ class _Turn:
         self.images: list[dict] = []
         self.tool_results: list[dict] = []
         self.tool_uses: list[dict] = []
+
+
+def _check_unicode(name: str, where: str) -> None:
+    """Tool names go back to the client in the answer, so they must be encodable text."""
+    if _LONE_SURROGATE.search(name):
+        raise InvalidRequest(f"{where}: holds a lone UTF-16 surrogate, which is not text")
+
+
+def _wire_safe(value):
+    """`value` as JSON text in UTF-8 can carry it, which is all Q reads.
+
+    Lone surrogates (from "\\udXXX" escapes) become U+FFFD, as a UTF-8 decoder shows bad
+    bytes: a cut emoji in a tool result must not end the conversation.
+
+    :raises InvalidRequest: for NaN or Infinity, which JSON does not have.
+    """
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_wire_safe(k): _wire_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_wire_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidRequest(f"the request holds {value}, which is not a JSON number")
+    return value
 
 
 def _text_of(value, where: str) -> str:
@@ -132,8 +160,16 @@ def _document_text(block: dict, where: str) -> str:
     return f"<document title=\"{title}\">{context}\n{body}\n</document>"
 
 
-def _search_result_text(block: dict) -> str:
-    parts = [b.get("text", "") for b in block.get("content") or [] if isinstance(b, dict)]
+def _search_result_text(block: dict, where: str) -> str:
+    content = block.get("content") or []
+    if not isinstance(content, list):
+        raise InvalidRequest(f"{where}.content: must be a list of text blocks")
+    parts = []
+    for k, part in enumerate(content):
+        if isinstance(part, dict):
+            if not isinstance(part.get("text", ""), str):
+                raise InvalidRequest(f"{where}.content.{k}.text: must be a string")
+            parts.append(part.get("text", ""))
     return f"<search_result title=\"{block.get('title', '')}\" source=\"{block.get('source', '')}\">\n" \
            + "\n".join(parts) + "\n</search_result>"
 
@@ -165,7 +201,7 @@ def _tool_result(block: dict, where: str, turn: _Turn) -> dict:
             elif kind == "document":
                 texts.append(_document_text(part, part_where))
             elif kind == "search_result":
-                texts.append(_search_result_text(part))
+                texts.append(_search_result_text(part, part_where))
             else:
                 raise InvalidRequest(f"{part_where}.type: unsupported tool_result content {kind!r}")
     elif content is not None:
@@ -199,7 +235,7 @@ def _add_block(turn: _Turn, block, where: str) -> None:
     elif kind == "document":
         turn.texts.append(_document_text(block, where))
     elif kind == "search_result":
-        turn.texts.append(_search_result_text(block))
+        turn.texts.append(_search_result_text(block, where))
     elif kind == "tool_result":
         turn.tool_results.append(_tool_result(block, where, turn))
     elif kind == "tool_use":
@@ -208,6 +244,7 @@ def _add_block(turn: _Turn, block, where: str) -> None:
             raise InvalidRequest(f"{where}.id: must be a non-empty string")
         if not isinstance(block.get("name"), str) or not block["name"]:
             raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        _check_unicode(block["name"], f"{where}.name")
         if not isinstance(tool_input, dict):
             raise InvalidRequest(f"{where}.input: must be an object")
         turn.tool_uses.append({"toolUseId": q_tool_use_id(block["id"]),
@@ -267,6 +304,7 @@ def _tools(tools, context: list[str]) -> tuple[list[dict], dict[str, str]]:
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{where}.name: must be a non-empty string")
+        _check_unicode(name, f"{where}.name")
         schema = tool.get("input_schema", {"type": "object"})
         if not isinstance(schema, dict):
             raise InvalidRequest(f"{where}.input_schema: must be an object")
@@ -298,6 +336,32 @@ def _tool_choice_text(choice) -> str | None:
     if kind == "none":
         return "In your next response do not call any tool."
     return None
+
+
+def _unique_tool_use_ids(turns: list[_Turn]) -> None:
+    """Q refuses a toolUseId used twice in one conversation: a repeated id gets a fresh one,
+    and the results in the next user turn follow their uses in order (results always answer
+    the turn just before them, so nothing becomes ambiguous)."""
+    seen: set[str] = set()
+    renamed: dict[str, list[str]] = {}  # client's Q id -> the ids its uses got, in order
+    for turn in turns:
+        if turn.role == "user":
+            for result in turn.tool_results:
+                queue = renamed.get(result["toolUseId"])
+                if queue:
+                    result["toolUseId"] = queue.pop(0)
+            renamed = {}
+            continue
+        renamed = {}
+        for use in turn.tool_uses:
+            original = new = use["toolUseId"]
+            n = 1
+            while new in seen:
+                n += 1
+                new = f"{original[:63 - len(str(n))]}_{n}"  # still [a-zA-Z0-9_-]{1,64}
+            seen.add(new)
+            use["toolUseId"] = new
+            renamed.setdefault(original, []).append(new)
 
 
 def _pair_tool_results(turns: list[_Turn]) -> None:
@@ -377,6 +441,7 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
         prefill = _Turn("user")  # Q has no prefill: ask for the continuation instead
         prefill.texts.append(CONTINUE_PREFILL)
         turns.append(prefill)
+    _unique_tool_use_ids(turns)
     _pair_tool_results(turns)
 
     # Tool names used in history must exist in the current tool list (spec 1.6 rule 3).
@@ -405,7 +470,10 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
                    "chatTriggerType": "MANUAL", "currentMessage": current}
     if history:
         state["history"] = history
-    body: dict = {"conversationState": state}
+    try:
+        body: dict = {"conversationState": _wire_safe(state)}
+    except RecursionError:
+        raise InvalidRequest("the request is nested too deeply") from None
     if profile_arn:
         body["profileArn"] = profile_arn
     return Conversion(body=body, tool_names=tool_names)

@@ -6,5 +6,6 @@ import json
 
 def format_event(event: dict) -> bytes:
     """One SSE event; the `event:` line is mandatory (SDKs drop data-only events)."""
-    data = json.dumps(event, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event['type']}\ndata: {data}\n\n".encode("utf-8")
+    # ASCII escapes keep any string writable, lone surrogates from a client or from Q included.
+    data = json.dumps(event, separators=(",", ":"))
+    return f"event: {event['type']}\ndata: {data}\n\n".encode("ascii")

@@ -52,6 +52,8 @@ def _json_object() -> dict:
         payload = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:
+        raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
     return payload
