@@ -28,6 +28,7 @@ import random
 import re
 import select
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -466,6 +467,12 @@ REGISTER_KEYS = {"clientName", "clientType", "scopes", "redirectUris", "grantTyp
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     block_on_close = False  # stop() shuts the sockets down instead, so nothing can hang teardown
+
+    def handle_error(self, request, client_address):
+        """A client dropping a kept-alive connection is normal (amq hangs up on purpose)."""
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
 
 
 class FakeQ:
