@@ -228,11 +228,21 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
             except queue.Empty:
                 yield None
                 continue
+            # Take whatever else has already arrived too (HTTP chunks are often one frame
+            # each), so it is decoded and written as one batch; nothing waits for more.
+            parts = []
+            while isinstance(item, bytes):
+                parts.append(item)
+                try:
+                    item = chunks.get_nowait()
+                except queue.Empty:
+                    item = None
+            if parts:
+                yield b"".join(parts)
             if item is _END:
                 return
             if isinstance(item, BaseException):
                 raise item
-            yield item
     finally:
         stop.set()
         _shutdown_socket(response)  # wakes the reader if it is blocked on the socket

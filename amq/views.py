@@ -1,4 +1,4 @@
-"""HTTP endpoints: the Messages API, health."""
+"""HTTP endpoints: messages (streaming or not), count_tokens, models, health."""
 from __future__ import annotations
 
 import json
