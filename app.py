@@ -52,6 +52,14 @@ def _http_error(exc: HTTPException) -> ProxyError:
     return error
 
 
+def _log_safe(value) -> str:
+    """Client-supplied text for a log line: printable, one line, at most 100 characters."""
+    text = value if isinstance(value, str) else repr(value)
+    if text.isprintable() and len(text) <= 100:
+        return text
+    return repr(text[:100])
+
+
 def _error_response(error: ProxyError):
     response = jsonify(error.to_dict(getattr(g, "request_id", None)))
     response.status_code = error.status
@@ -107,9 +115,12 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     @app.after_request
     def _finish(response):
         response.headers["request-id"] = g.request_id
+        # The model name is the client's text: quoted and cut, so it cannot forge log lines.
+        model = getattr(g, "model", None)
         logger.info("%s %s %s %.0fms model=%s stream=%s %s", request.method, request.path,
                     response.status_code, (time.monotonic() - g.started) * 1000,
-                    getattr(g, "model", "-"), getattr(g, "streamed", False), g.request_id)
+                    _log_safe(model) if model is not None else "-", getattr(g, "streamed", False),
+                    g.request_id)
         return response
 
     @app.errorhandler(ProxyError)

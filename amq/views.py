@@ -59,20 +59,21 @@ def _json_object() -> dict:
     return payload
 
 
-def _sse(batches: Iterator[list[dict]]) -> Iterator[bytes]:
+def _sse(batches: Iterator[list[dict]], request_id: str) -> Iterator[bytes]:
     """Write each batch of events as soon as it exists; a fault ends the stream with an error
-    event."""
+    event (carrying the request id, as error bodies do)."""
     try:
         for batch in batches:
             # One write per batch: each write is a chunk and two syscalls in gunicorn.
             yield b"".join(map(format_event, batch))
     except ProxyError as exc:
-        logger.warning("stream ended by %s: %s", exc.error_type, exc.message)
-        yield format_event(StreamTranslator.error(exc))
+        logger.warning("stream %s ended by %s: %s", request_id, exc.error_type, exc.message)
+        yield format_event(dict(StreamTranslator.error(exc), request_id=request_id))
     except Exception:  # noqa: BLE001 - the client must still get an error event
-        logger.exception("unexpected failure while streaming")
+        logger.exception("unexpected failure while streaming %s", request_id)
         yield format_event({"type": "error", "error": {"type": "api_error",
-                                                       "message": "internal error in amq"}})
+                                                       "message": "internal error in amq"},
+                            "request_id": request_id})
     finally:
         batches.close()  # closes the upstream response, also when the client went away
 
@@ -85,7 +86,7 @@ def create_message():
     g.streamed = payload.get("stream") is True
     events = _proxy().open_message(payload)
     if g.streamed:
-        return Response(_sse(events), status=200, mimetype="text/event-stream",
+        return Response(_sse(events, g.request_id), status=200, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         return jsonify(collect_message(chain.from_iterable(events)))

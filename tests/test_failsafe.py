@@ -279,10 +279,12 @@ FAULTS = {
 @pytest.mark.parametrize("frames", FAULTS.values(), ids=FAULTS.keys())
 def test_mid_stream_faults_end_with_an_error_event(strict_server, fake_q, frames):
     fake_q.enqueue(raw_reply(frames))
-    events = sse_events(post(strict_server, stream=True))
+    response = post(strict_server, stream=True)
+    events = sse_events(response)
     names = [name for name, _ in events]
     assert names[-1] == "error" and "message_stop" not in names
     assert events[-1][1]["error"]["type"] in ("api_error", "overloaded_error")
+    assert events[-1][1]["request_id"] == response.headers["request-id"]
 
 
 @pytest.mark.parametrize("frames", FAULTS.values(), ids=FAULTS.keys())
@@ -332,6 +334,11 @@ def test_keys_and_tokens_never_reach_the_log(strict_server, fake_q):
     for secret in (*KEYS, "a-wrong-key-guess", fake_q.refresh_token, fake_q.client_secret, fake_q.access_token):
         assert secret not in log
     assert "Bearer" not in log
+
+
+def test_client_text_cannot_forge_log_lines(strict_server, fake_q):
+    post(strict_server, dict(HI, model="m\n2026-01-01 INFO amq: GET /admin 200 forged"))
+    assert "\n2026-01-01 INFO amq: GET /admin" not in strict_server.log()
 
 
 def test_every_line_of_the_access_log_has_the_request_id(strict_server, fake_q):
