@@ -84,9 +84,9 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     load_dotenv()
     environ = dict(os.environ)
     environ.update(test_config or {})
-    session = new_session()
     try:
         settings = load_settings(environ)
+        session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
         tokens = TokenManager.from_settings(settings, session, required=required)
     except ConfigError as exc:

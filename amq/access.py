@@ -11,6 +11,9 @@ import ipaddress
 from .errors import AuthenticationFailed
 
 
+FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
+
+
 def presented_key(headers) -> str | None:
     """The client's key: `x-api-key`, else `Authorization: Bearer` (newer SDKs send that)."""
     key = headers.get("x-api-key")
@@ -36,6 +39,8 @@ def check_access(headers, remote_addr: str | None, keys: tuple[str, ...]) -> Non
         if not any(matches):
             raise AuthenticationFailed("invalid or missing API key: send one of the keys in "
                                        "PROXY_API_KEYS as x-api-key or Authorization: Bearer")
-    elif not is_loopback(remote_addr):
+    elif not is_loopback(remote_addr) or any(h in headers for h in FORWARDING_HEADERS):
+        # A reverse proxy on the same host makes every remote client look local.
         raise AuthenticationFailed("amq serves only local clients until PROXY_API_KEYS is set: "
-                                   "the operator must set PROXY_API_KEYS to accept remote clients")
+                                   "the operator must set PROXY_API_KEYS to accept remote or "
+                                   "proxied clients")

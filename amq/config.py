@@ -55,7 +55,10 @@ DEFAULTS: dict[str, str] = {
     "MAX_REQUEST_BYTES": str(32 * 1024 * 1024),
     "PORT": "8080",
     "LOG_LEVEL": "INFO",
+    # gunicorn's connections per gevent worker; the upstream connection pool matches it.
+    "WORKER_CONNECTIONS": "1000",
 }
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET")
 
@@ -83,6 +86,7 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     port: int = 8080
     log_level: str = "INFO"
+    worker_connections: int = 1000
 
 
 def _parse_model_map(raw: str) -> dict[str, str]:
@@ -116,6 +120,8 @@ def load_settings(environ: dict | None = None) -> Settings:
     """
     env = os.environ if environ is None else environ
     values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
+    if values["LOG_LEVEL"].upper() not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
@@ -142,4 +148,5 @@ def load_settings(environ: dict | None = None) -> Settings:
         max_request_bytes=_number(values, "MAX_REQUEST_BYTES", int),
         port=_number(values, "PORT", int),
         log_level=values["LOG_LEVEL"].upper(),
+        worker_connections=_number(values, "WORKER_CONNECTIONS", int),
     )

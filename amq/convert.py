@@ -35,7 +35,8 @@ CONTEXT_ACK = "Understood. I will follow these instructions."
 STUB_TOOL_DESCRIPTION = ("This tool was used earlier in the conversation but is not offered now. "
                          "Do not call it.")
 SERVER_TOOL_RESULT = re.compile(r"^[a-z_]+_tool_result$")
-ASSISTANT_ONLY = {"tool_use", "thinking", "redacted_thinking", "server_tool_use"}
+SERVER_TOOL_USES = {"server_tool_use", "mcp_tool_use"}
+ASSISTANT_ONLY = {"tool_use", "thinking", "redacted_thinking"} | SERVER_TOOL_USES
 USER_ONLY = {"tool_result", "image", "document", "search_result"}
 
 
@@ -45,6 +46,7 @@ class Conversion:
 
     body: dict
     tool_names: dict[str, str] = field(default_factory=dict)  # Q name -> client's name
+    skipped_tools: list[str] = field(default_factory=list)  # server tool types Q cannot run
 
 
 def q_tool_name(name: str) -> str:
@@ -202,6 +204,8 @@ def _tool_result(block: dict, where: str, turn: _Turn) -> dict:
                 texts.append(_document_text(part, part_where))
             elif kind == "search_result":
                 texts.append(_search_result_text(part, part_where))
+            elif kind == "tool_reference":  # ToolSearch results (advanced-tool-use beta)
+                texts.append(f"[tool reference: {json.dumps(part, ensure_ascii=False)[:500]}]")
             else:
                 raise InvalidRequest(f"{part_where}.type: unsupported tool_result content {kind!r}")
     elif content is not None:
@@ -252,7 +256,7 @@ def _add_block(turn: _Turn, block, where: str) -> None:
                                "_client_name": block["name"]})
     elif kind in ("thinking", "redacted_thinking"):
         pass  # Earlier turns' thinking is not model input (the Messages API drops it too).
-    elif kind == "server_tool_use" or SERVER_TOOL_RESULT.match(kind):
+    elif kind in SERVER_TOOL_USES or SERVER_TOOL_RESULT.match(kind):
         # Q cannot replay server-tool turns; keep what happened as text.
         turn.texts.append(f"[{kind}: {json.dumps(block.get('input', block.get('content')))[:2000]}]")
     else:
@@ -288,8 +292,9 @@ def _turns(messages) -> list[_Turn]:
     return turns
 
 
-def _tools(tools, context: list[str]) -> tuple[list[dict], dict[str, str]]:
-    """Q tool specifications; long descriptions go whole into the prompt context."""
+def _tools(tools, context: list[str], skipped: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """Q tool specifications; long descriptions go whole into the prompt context, server
+    tools' types into `skipped`."""
     if tools is None:
         return [], {}
     if not isinstance(tools, list):
@@ -299,8 +304,10 @@ def _tools(tools, context: list[str]) -> tuple[list[dict], dict[str, str]]:
         where = f"tools.{i}"
         if not isinstance(tool, dict):
             raise InvalidRequest(f"{where}: must be an object")
-        if tool.get("type") not in (None, "custom") and "input_schema" not in tool:
-            continue  # A server tool (web_search_...): Q has none; the view logs it.
+        kind = tool.get("type")
+        if kind not in (None, "custom") and "input_schema" not in tool:
+            skipped.append(str(kind))  # a server tool (web_search_...): Q has none
+            continue
         name = tool.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{where}.name: must be a non-empty string")
@@ -429,7 +436,8 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
     context: list[str] = []
     if request.get("system") not in (None, "", []):
         context.append(_text_of(request["system"], "system"))
-    specs, tool_names = _tools(request.get("tools"), context)
+    skipped: list[str] = []
+    specs, tool_names = _tools(request.get("tools"), context, skipped)
     choice = _tool_choice_text(request.get("tool_choice"))
     if choice:
         context.append(choice)
@@ -476,4 +484,4 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
         raise InvalidRequest("the request is nested too deeply") from None
     if profile_arn:
         body["profileArn"] = profile_arn
-    return Conversion(body=body, tool_names=tool_names)
+    return Conversion(body=body, tool_names=tool_names, skipped_tools=skipped)

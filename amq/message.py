@@ -7,36 +7,45 @@ from typing import Iterable
 from .errors import UpstreamFailure
 
 
+# Which block field each delta type extends.
+_DELTA_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),
+                 "input_json_delta": ("partial_json", "input")}
+
+
 def collect_message(events: Iterable[dict]) -> dict:
     """The Message that the given stream events describe (what an SDK accumulator builds).
 
     :raises UpstreamFailure: when a tool's input does not parse as JSON.
     """
     message: dict = {}
-    partial_json: dict[int, str] = {}
+    pieces: dict[int, list[str]] = {}  # joined at the block's stop: += would be quadratic
     for event in events:
         kind = event["type"]
         if kind == "message_start":
             message = dict(event["message"], content=[], usage=dict(event["message"]["usage"]))
         elif kind == "content_block_start":
             message["content"].append(dict(event["content_block"]))
+            pieces[event["index"]] = []
         elif kind == "content_block_delta":
-            block, delta = message["content"][event["index"]], event["delta"]
-            if delta["type"] == "text_delta":
-                block["text"] += delta["text"]
-            elif delta["type"] == "input_json_delta":
-                partial_json[event["index"]] = partial_json.get(event["index"], "") + delta["partial_json"]
-            elif delta["type"] == "thinking_delta":
-                block["thinking"] += delta["thinking"]
-            elif delta["type"] == "signature_delta":
-                block["signature"] = delta["signature"]
-        elif kind == "content_block_stop" and event["index"] in partial_json:
-            raw = partial_json.pop(event["index"])
-            try:
-                message["content"][event["index"]]["input"] = json.loads(raw) if raw.strip() else {}
-            except ValueError:
-                raise UpstreamFailure("Amazon Q sent tool input that is not valid JSON") from None
+            delta = event["delta"]
+            if delta["type"] == "signature_delta":
+                message["content"][event["index"]]["signature"] = delta["signature"]
+            elif delta["type"] in _DELTA_FIELDS:
+                pieces[event["index"]].append(delta[_DELTA_FIELDS[delta["type"]][0]])
+        elif kind == "content_block_stop":
+            _finish_block(message["content"][event["index"]], pieces.pop(event["index"], []))
         elif kind == "message_delta":
             message.update(event["delta"])
             message["usage"].update(event["usage"])
     return message
+
+
+def _finish_block(block: dict, pieces: list[str]) -> None:
+    joined = "".join(pieces)
+    if block["type"] == "tool_use":
+        try:
+            block["input"] = json.loads(joined) if joined.strip() else {}
+        except ValueError:
+            raise UpstreamFailure("Amazon Q sent tool input that is not valid JSON") from None
+    elif block["type"] in ("text", "thinking"):
+        block[block["type"]] += joined

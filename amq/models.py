@@ -106,22 +106,31 @@ class ModelCatalogue:
         self._models = {m: QModel(m) for m in KNOWN_Q_MODELS}
         self._account_default: str | None = None
         self._live = False
+        self._loaded = False  # a first answer (or failure) has been had
         self._expires = 0.0 if fetch else float("inf")
 
     def models(self) -> dict[str, QModel]:
-        """The usable Q models: the account's list when it can be had, else the built-in one."""
-        if self._clock() >= self._expires:
-            with self._lock:
+        """The usable Q models: the account's list when it can be had, else the built-in one.
+
+        Only the first call waits for the list; later refreshes happen in one request while
+        the others go on with the list they have.
+        """
+        if self._clock() >= self._expires and self._lock.acquire(blocking=not self._loaded):
+            try:
                 if self._clock() >= self._expires:
                     self._refresh()
+            finally:
+                self._lock.release()
         return self._models
 
     def _refresh(self) -> None:
+        self._loaded = True
         try:
             models, account_default = self._fetch()
         except Exception as exc:  # noqa: BLE001 - any failure means: use the table for now
-            logger.warning("ListAvailableModels failed (%s); using the built-in model table",
-                           getattr(exc, "message", None) or type(exc).__name__)
+            logger.warning("ListAvailableModels failed (%s); using the %s model list",
+                           getattr(exc, "message", None) or type(exc).__name__,
+                           "previous" if self._live else "built-in")
             self._expires = self._clock() + self.RETRY_AFTER
             return
         if models:

@@ -51,10 +51,10 @@ class Proxy:
         stop_sequences = request.get("stop_sequences") or []
         if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
             raise InvalidRequest("stop_sequences: must be a list of strings")
-        self._log_server_tools(request.get("tools"))
         q_model = self.models.resolve(model)
         conversion = convert_request(request, model_id=q_model, origin=self.settings.origin,
                                      profile_arn=self.settings.profile_arn)
+        self._log_server_tools(conversion.skipped_tools)
         translator = StreamTranslator(model=model or q_model,
                                       input_tokens=count_request_tokens(request),
                                       tool_names=conversion.tool_names,
@@ -65,10 +65,9 @@ class Proxy:
         ping = self.settings.ping_interval if request.get("stream") is True else None
         return translate(translator, self.client.events(response, ping_interval=ping))
 
-    def _log_server_tools(self, tools) -> None:
+    def _log_server_tools(self, kinds: list[str]) -> None:
         """Q runs no server tools (web search...): say so once per kind, not per request."""
-        for tool in tools if isinstance(tools, list) else []:
-            if isinstance(tool, dict) and tool.get("type") not in (None, "custom") \
-                    and "input_schema" not in tool and tool["type"] not in self._logged_server_tools:
-                self._logged_server_tools.add(tool["type"])
-                logger.info("server tool %s is not available on Amazon Q; leaving it out", tool["type"])
+        for kind in kinds:
+            if kind not in self._logged_server_tools:
+                self._logged_server_tools.add(kind)
+                logger.info("server tool %s is not available on Amazon Q; leaving it out", kind[:100])

@@ -41,7 +41,7 @@ import requests
 
 from .config import DEFAULT_REGION, ConfigError, Settings, oidc_url
 from .errors import (AuthenticationFailed, BadGateway, CredentialsRejected, GatewayTimeout,
-                     UpstreamFailure)
+                     ProxyError, UpstreamFailure)
 
 logger = logging.getLogger(__name__)
 
@@ -246,6 +246,10 @@ class TokenManager:
         self._lock = threading.Lock()  # cooperative once gevent has patched threading
         self._generation = 0
         self._token: AccessToken | None = None
+        # The last refresh attempt's failure: callers that waited for that attempt get it too
+        # instead of queueing one doomed refresh each behind a slow or broken token service.
+        self._attempts = 0  # finished refresh attempts
+        self._failure: ProxyError | None = None
         # Non-empty when the login came from the environment: then the store is used only
         # while it holds that same login (a new login in the environment wins over it).
         self._env_seed = env_seed
@@ -297,7 +301,7 @@ class TokenManager:
 
     def get_token(self) -> str:
         """A valid access token, refreshed first when it is within the margin of expiry."""
-        token, generation = self._token, self._generation
+        token, generation, attempts = self._token, self._generation, self._attempts
         if self._fresh(token):
             return token.token
         with self._lock:
@@ -306,14 +310,30 @@ class TokenManager:
                 return self._token.token
             if self._fresh(self._token):
                 return self._token.token
-            return self._renew(stale=token.token if token else None).token
+            return self._attempt(token.token if token else None, attempts).token
 
     def refresh_after_rejection(self, rejected: str) -> str:
         """Q called `rejected` invalid: refresh unless another request already did."""
+        attempts = self._attempts
         with self._lock:
             if self._token is not None and self._token.token != rejected and self._usable(self._token):
                 return self._token.token
-            return self._renew(stale=rejected).token
+            return self._attempt(rejected, attempts).token
+
+    def _attempt(self, stale: str | None, attempts_seen: int) -> AccessToken:
+        """One refresh attempt, unless one failed while this caller waited. Lock held."""
+        if self._attempts != attempts_seen and self._failure is not None:
+            raise self._failure
+        try:
+            token = self._renew(stale=stale)
+        except ProxyError as exc:
+            self._failure = exc
+            raise
+        else:
+            self._failure = None
+        finally:
+            self._attempts += 1  # counts finished attempts: waiters compare against it
+        return token
 
     def status(self) -> dict:
         """For /health: whether a token is held and whether it has expired; no secrets."""

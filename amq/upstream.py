@@ -82,7 +82,9 @@ class QClient:
                 body["profileArn"] = profile_arn
             if next_token:
                 body["nextToken"] = next_token
-            response = self._call(url, body, headers, stream=False)
+            # A short read timeout and one attempt: a slow list must not hold up messages.
+            response = self._call(url, body, headers, stream=False, attempts=1,
+                                  timeout=(self.timeout[0], min(self.timeout[1], 10.0)))
             try:
                 data = response.json()
             except ValueError:
@@ -96,7 +98,8 @@ class QClient:
                 break
         return models, default
 
-    def _call(self, url: str, body: dict, headers: dict, *, stream: bool) -> requests.Response:
+    def _call(self, url: str, body: dict, headers: dict, *, stream: bool, attempts: int | None = None,
+              timeout: tuple[float, float] | None = None) -> requests.Response:
         """One Q call, retried with jittered backoff on throttling, 5xx and connection errors.
 
         Retries happen only here, before anything has reached the client.
@@ -104,24 +107,25 @@ class QClient:
         data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         headers = dict(headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
         deadline = self._clock() + self.retry_budget
-        for attempt in range(1, self.max_attempts + 1):
+        attempts = attempts or self.max_attempts
+        for attempt in range(1, attempts + 1):
             try:
-                return self._attempt(url, data, headers, stream)
+                return self._attempt(url, data, headers, stream, timeout or self.timeout)
             except ProxyError as exc:
                 delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
-                if (not exc.retryable or attempt == self.max_attempts
-                        or self._clock() + delay > deadline):
+                if not exc.retryable or attempt == attempts or self._clock() + delay > deadline:
                     raise
                 logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
-                            attempt, self.max_attempts, delay)
+                            attempt, attempts, delay)
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def _attempt(self, url: str, data: bytes, headers: dict, stream: bool) -> requests.Response:
+    def _attempt(self, url: str, data: bytes, headers: dict, stream: bool,
+                 timeout: tuple[float, float]) -> requests.Response:
         """POST with the bearer token; on 403 "bearer token invalid", refresh once and resend."""
         token = self.tokens.get_token()
         for first in (True, False):
-            response = self._post(url, data, headers, token, stream)
+            response = self._post(url, data, headers, token, stream, timeout)
             if response.status_code == 200:
                 return response
             raw = _read_limited(response)
@@ -135,11 +139,13 @@ class QClient:
             raise map_upstream_error(response.status_code, code, reason, message)
         raise AssertionError("unreachable")
 
-    def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool) -> requests.Response:
+    def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool,
+              timeout: tuple[float, float]) -> requests.Response:
         headers = dict(headers, Authorization=f"Bearer {token}")
         try:
-            return self.session.post(url, data=data, headers=headers, stream=stream,
-                                     timeout=self.timeout)
+            return self.session.post(url, data=data, headers=headers, stream=stream, timeout=timeout)
+        except requests.ConnectTimeout:
+            raise BadGateway(f"cannot reach Amazon Q at {url} (connect timeout)") from None
         except requests.Timeout:
             raise GatewayTimeout("Amazon Q did not answer in time") from None
         except requests.RequestException as exc:

@@ -310,3 +310,25 @@ def test_malformed_requests_name_the_field(request_body, field):
     with pytest.raises(InvalidRequest) as info:
         convert_request(request_body, model_id="claude-sonnet-4.5")
     assert info.value.message.startswith(field), info.value.message
+
+
+def test_blocks_claude_code_keeps_in_history_stay_text():
+    """Once in history they come with every turn: refusing them would end the session."""
+    result = convert({"tools": [BASH], "messages": [
+        {"role": "user", "content": "find a tool"},
+        {"role": "assistant", "content": [
+            {"type": "mcp_tool_use", "id": "mcptoolu_1", "name": "search", "server_name": "s", "input": {"q": "x"}},
+            {"type": "mcp_tool_result", "tool_use_id": "mcptoolu_1", "content": [{"type": "text", "text": "r"}]},
+            {"type": "tool_use", "id": "toolu_1", "name": "Bash", "input": {"command": "ls"}}]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
+                                      "content": [{"type": "tool_reference", "tool_name": "Grep"}]}]}]})
+    assistant = history(result)[1]["assistantResponseMessage"]["content"]
+    assert "mcp_tool_use" in assistant and "mcp_tool_result" in assistant
+    result_text = current(result)["userInputMessageContext"]["toolResults"][0]["content"][0]["text"]
+    assert "Grep" in result_text
+
+
+def test_non_string_tool_type_is_skipped_not_a_crash():
+    result = convert({"tools": [BASH, {"type": ["odd"], "name": "x"}],
+                      "messages": [{"role": "user", "content": "hi"}]})
+    assert result.skipped_tools == ["['odd']"]

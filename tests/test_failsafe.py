@@ -98,6 +98,14 @@ def test_without_keys_remote_clients_are_refused(local_app, fake_q):
     assert health.status_code == 200 and fake_q.client_secret not in health.get_data(as_text=True)
 
 
+@pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
+def test_without_keys_clients_behind_a_local_reverse_proxy_are_refused(local_app, fake_q, header):
+    response = local_app.test_client().post("/v1/messages", json=HI, headers={header: "203.0.113.9"},
+                                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+    assert response.status_code == 401 and "PROXY_API_KEYS" in response.get_json()["error"]["message"]
+    assert fake_q.requests == []
+
+
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1"])
 def test_without_keys_loopback_clients_are_served(local_app, fake_q, address):
     response = local_app.test_client().post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": address})

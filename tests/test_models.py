@@ -120,3 +120,30 @@ def test_claude_entry_round_trips_through_the_mapping():
 def test_candidate_of_unknown_version_keeps_the_shape():
     assert q_model_candidate("claude-opus-5-5") == "claude-opus-5.5"
     assert q_model_candidate("gpt-4") is None
+
+
+def test_a_slow_refresh_does_not_hold_up_other_requests():
+    import threading
+    import time as real_time
+    clock = Clock()
+    release = threading.Event()
+    calls = []
+
+    def fetch():
+        calls.append(1)
+        if len(calls) > 1:
+            release.wait(5)  # the hourly refresh hangs
+        return [QModel("claude-sonnet-4.5"), QModel("claude-opus-4.6")], "auto"
+
+    catalogue = ModelCatalogue("claude-sonnet-4.5", fetch=fetch, clock=clock)
+    assert catalogue.resolve("claude-opus-4-6") == "claude-opus-4.6"  # the first load waits
+    clock.now += ModelCatalogue.TTL + 1
+    refresher = threading.Thread(target=catalogue.models)
+    refresher.start()
+    while len(calls) < 2:
+        real_time.sleep(0.01)
+    started = real_time.monotonic()
+    assert catalogue.resolve("claude-opus-4-6") == "claude-opus-4.6"  # the old list, at once
+    assert real_time.monotonic() - started < 0.5
+    release.set()
+    refresher.join()

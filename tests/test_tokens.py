@@ -202,3 +202,37 @@ def test_status_reports_no_secret(tmp_path):
     clock.now += 4000
     assert manager.status() == {"has_token": True, "token_expired": True}
     assert "secret" not in json.dumps(manager.status())
+
+
+def test_callers_waiting_on_a_failed_refresh_share_its_failure(tmp_path):
+    """A broken token service costs one timeout, not one per queued request."""
+    calls = []
+
+    class FailingSession:
+        def post(self, url, json, timeout):
+            calls.append(1)
+            time.sleep(0.2)
+            raise requests.ConnectionError("token service down")
+
+    manager = TokenManager(client_id="c", client_secret="s", refresh_token="r", token_endpoint=TOKEN_URL,
+                           cache=TokenCache(str(tmp_path / "t.json")), session=FailingSession())
+    failures = []
+
+    def call():
+        try:
+            manager.get_token()
+        except Exception as exc:  # noqa: BLE001
+            failures.append(type(exc).__name__)
+
+    threads = [threading.Thread(target=call) for _ in range(6)]
+    started = time.monotonic()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == ["BadGateway"] * 6
+    assert len(calls) == 1 and time.monotonic() - started < 1.0
+    # A later caller tries again.
+    with pytest.raises(Exception):
+        manager.get_token()
+    assert len(calls) == 2
