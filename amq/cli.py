@@ -14,13 +14,10 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .config import DEFAULT_REGION, Settings, oidc_url
-from .errors import (BadGateway, ProxyError, is_invalid_bearer, map_upstream_error,
-                     parse_upstream_error)
+from .errors import ProxyError
 from .importer import ImportFailed, find_login
 from .login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
-from .tokens import TokenCache, TokenManager, iso_time, stored_token
-
-LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
+from .tokens import TokenCache, iso_time, stored_token
 
 
 def register_commands(app) -> None:
@@ -174,40 +171,10 @@ def status_command(offline: bool):
         access = tokens.get_token()
         if before is None or before.token != access:
             click.echo(f"access token: refreshed, expires {_when(tokens.token.expires_at, time.time())}")
-        count, default = list_models(settings, tokens, access)
+        models, default = proxy.client.list_models(settings.origin, settings.profile_arn)
     except ProxyError as exc:
         click.echo(f"live check: FAILED: {exc.message}")
         raise click.exceptions.Exit(1) from None
-    click.echo(f"live check: OK (ListAvailableModels at {settings.api_endpoint}: {count} models"
+    click.echo(f"live check: OK (ListAvailableModels at {settings.api_endpoint}: {len(models)} models"
                + (f", default {default}" if default else "") + ")")
 
-
-def list_models(settings: Settings, tokens: TokenManager, access: str) -> tuple[int, str | None]:
-    """One page of ListAvailableModels (spec 5.1): the cheapest call that proves the token works.
-
-    :raises ProxyError: mapped from the Q error.
-    """
-    url = settings.api_endpoint.rstrip("/") + "/"
-    body = {"origin": settings.origin, "maxResults": 50}
-    if settings.profile_arn:
-        body["profileArn"] = settings.profile_arn
-    headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
-    session = requests.Session()
-    for attempt in (1, 2):
-        try:
-            response = session.post(url, json=body, timeout=(settings.connect_timeout, 30.0),
-                                    headers=dict(headers, Authorization=f"Bearer {access}"))
-        except requests.RequestException as exc:
-            raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
-        if response.status_code == 200:
-            try:
-                data = response.json()
-                return len(data.get("models") or []), (data.get("defaultModel") or {}).get("modelId")
-            except (ValueError, AttributeError):
-                raise BadGateway("ListAvailableModels answered with something not JSON") from None
-        code, reason, message = parse_upstream_error(response.status_code, response.content, response.headers)
-        if attempt == 1 and is_invalid_bearer(response.status_code, code, message):
-            access = tokens.refresh_after_rejection(access)
-            continue
-        raise map_upstream_error(response.status_code, code, reason, message)
-    raise AssertionError("unreachable")

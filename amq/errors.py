@@ -103,7 +103,7 @@ def parse_upstream_error(status: int, body: bytes, headers) -> tuple[str, str, s
     return code, str(data.get("reason") or ""), str(message)
 
 
-def is_invalid_bearer(status: int, code: str, message: str) -> bool:
+def is_invalid_bearer(status: int, message: str) -> bool:
     """Q's answer to an expired or revoked access token (refresh once and retry)."""
     return status == 403 and "bearer token" in message.lower() and "invalid" in message.lower()
 
@@ -143,10 +143,3 @@ def map_upstream_error(status: int, code: str, reason: str, message: str) -> Pro
         return UpstreamFailure(text)
     return InvalidRequest(text) if 400 <= status < 500 else UpstreamFailure(text)
 
-
-class UpstreamStreamError(ProxyError):
-    """An error frame inside Q's event stream (after HTTP 200)."""
-
-    def __init__(self, mapped: ProxyError):
-        super().__init__(mapped.message, headers=mapped.headers)
-        self.status, self.error_type = mapped.status, mapped.error_type

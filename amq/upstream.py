@@ -12,9 +12,10 @@ import uuid
 from typing import Callable, Iterator
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
-from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure, UpstreamStreamError,
+from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure,
                      is_invalid_bearer, map_upstream_error, parse_upstream_error)
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import QModel
@@ -130,7 +131,7 @@ class QClient:
                 return response
             raw = _read_limited(response)
             code, reason, message = parse_upstream_error(response.status_code, raw, response.headers)
-            if first and is_invalid_bearer(response.status_code, code, message):
+            if first and is_invalid_bearer(response.status_code, message):
                 logger.info("Amazon Q rejected the access token; refreshing once")
                 token = self.tokens.refresh_after_rejection(token)
                 continue
@@ -164,7 +165,7 @@ class QClient:
         """
         decoder = EventStreamDecoder()
         chunks = _chunks_with_pings(response, ping_interval) if ping_interval else \
-            response.iter_content(chunk_size=None)  # whatever the socket has, no fixed size
+            _body_chunks(response)
         try:
             for chunk in chunks:
                 if chunk is None:
@@ -183,7 +184,7 @@ class QClient:
             decoder.finish()
         except EventStreamError as exc:
             raise UpstreamFailure(f"Amazon Q sent a corrupt event stream: {exc}") from None
-        except requests.RequestException as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
             if "timed out" in str(exc).lower():
                 raise GatewayTimeout("Amazon Q stopped sending before the answer was complete "
                                      "(read timeout)") from None
@@ -196,6 +197,22 @@ class QClient:
 
 
 _END = object()
+
+
+def _body_chunks(response: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, whatever the socket has, never waiting to fill a size.
+
+    iter_content(None) does that for chunked bodies only; a length- or close-delimited body
+    (a proxy in between may send one) would be read whole first, so read1 serves those.
+    """
+    if response.raw.chunked:
+        yield from response.iter_content(chunk_size=None)
+        return
+    while True:
+        data = response.raw.read1(64 * 1024)  # urllib3 errors: caught by the caller
+        if not data:
+            return
+        yield data
 
 
 def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator[bytes | None]:
@@ -217,7 +234,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
 
     def pump() -> None:
         try:
-            for chunk in response.iter_content(chunk_size=None):
+            for chunk in _body_chunks(response):
                 hand_over(chunk)
                 if stop.is_set():
                     return
@@ -292,11 +309,9 @@ def _event(message) -> tuple[str, dict]:
         exception_type = str(headers.get(":exception-type", ""))
         if exception_type and exception_type != "error":
             code = exception_type
-        raise UpstreamStreamError(map_upstream_error(500, code or "InternalServerException",
-                                                     reason, text))
+        raise map_upstream_error(500, code or "InternalServerException", reason, text)
     if kind == "error":
-        raise UpstreamStreamError(map_upstream_error(
-            500, str(headers.get(":error-code", "InternalServerException")), "",
-            str(headers.get(":error-message", ""))))
+        raise map_upstream_error(500, str(headers.get(":error-code", "InternalServerException")),
+                                 "", str(headers.get(":error-message", "")))
     raise UpstreamFailure(f"Amazon Q sent a frame of unknown message type {kind!r}")
 

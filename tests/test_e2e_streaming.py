@@ -222,12 +222,12 @@ def test_unknown_paths_and_methods_get_anthropic_error_json(amq_server, method, 
     assert response.json()["error"]["type"] == error_type
 
 
-def test_health_shows_token_state_without_secrets(amq_server, fake_q):
+def test_health_shows_token_state_without_secrets(amq_server, fake_q, anthropic_client):
+    anthropic_client.messages.create(model="m", max_tokens=5, messages=[{"role": "user", "content": "hi"}])
     response = requests.get(amq_server.url + "/health", timeout=10)
-    body = response.json()
-    assert body["status"] == "ok" and isinstance(body["has_token"], bool)
-    assert body["token_expired"] is False or body["has_token"]
-    assert fake_q.refresh_token not in response.text and fake_q.client_secret not in response.text
+    assert response.json() == {"status": "ok", "has_token": True, "token_expired": False}
+    for secret in (fake_q.refresh_token, fake_q.client_secret, "aoa"):  # access tokens start "aoa"
+        assert secret not in response.text
 
 
 def test_secrets_never_reach_the_log(amq_server, fake_q, anthropic_client):

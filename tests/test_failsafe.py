@@ -355,3 +355,50 @@ def test_every_line_of_the_access_log_has_the_request_id(strict_server, fake_q):
     lines = [line for line in strict_server.log().splitlines() if request_id in line]
     assert len(lines) == 1
     assert "POST /v1/messages 200" in lines[0] and "model=m" in lines[0] and "stream=False" in lines[0]
+
+
+def test_length_delimited_answer_is_still_streamed(tmp_path, fake_q):
+    """An answer with Content-Length (a proxy in between may send one) is not read whole first."""
+    import threading
+
+    first = encode_event("assistantResponseEvent", {"content": "early "})
+    second = encode_event("assistantResponseEvent", {"content": "late"})
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    release = threading.Event()
+
+    def serve():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int([line.split(b":")[1] for line in head.split(b"\r\n")
+                          if line.lower().startswith(b"content-length")][0])
+            while len(body) < length:
+                body += conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\ncontent-type: application/vnd.amazon.eventstream\r\n"
+                         b"content-length: %d\r\n\r\n" % (len(first) + len(second)) + first)
+            release.wait(5)
+            conn.sendall(second)
+
+    threading.Thread(target=serve, daemon=True).start()
+    env = amq_env(fake_q, tmp_path / "token.json",
+                  AMAZONQ_API_ENDPOINT=f"http://127.0.0.1:{listener.getsockname()[1]}/")
+    app = create_app(env)
+    app.extensions["amq"].models._expires = float("inf")  # no model-list call to this server
+    with app.test_client() as client:
+        response = client.post("/v1/messages", json=dict(HI, stream=True), buffered=False)
+        seen = b""
+        for piece in response.response:
+            seen += piece
+            if b"early" in seen:
+                break
+        assert b"early" in seen and b"late" not in seen  # arrived before the rest was sent
+        release.set()
+        rest = b"".join(response.response)
+        response.close()
+    assert b"late" in rest and b"message_stop" in rest
+    listener.close()

@@ -120,7 +120,7 @@ def test_invalid_grant_is_a_clear_authentication_error(tmp_path):
 
 
 @responses.activate
-def test_rejection_refreshes_once_even_with_many_callers(tmp_path):
+def test_rejection_refreshes_once_then_reuses_the_new_token(tmp_path):
     call = responses.post(TOKEN_URL, json=token_reply("at-1"))
     responses.post(TOKEN_URL, json=token_reply("at-2"))
     manager = make_manager(tmp_path)
