@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -92,9 +93,8 @@ def amq_env(fake: FakeQ, cache_path: Path, **extra) -> dict:
 
 @pytest.fixture(scope="session")
 def fake_q_session():
-    fake = FakeQ().start()
-    yield fake
-    fake.stop()
+    with FakeQ() as fake:
+        yield fake
 
 
 def reset_fake(fake: FakeQ) -> FakeQ:
@@ -113,12 +113,21 @@ def fake_q(fake_q_session):
     return reset_fake(fake_q_session)
 
 
+@contextmanager
+def running_amq(fake: FakeQ, tmp_path_factory, name: str, **settings):
+    """amq under gunicorn in front of `fake`, with its own token store and log; stopped after."""
+    directory = tmp_path_factory.mktemp(name)
+    server = AmqServer(amq_env(fake, directory / "token.json", **settings), directory / "gunicorn.log")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def amq_server(fake_q_session, tmp_path_factory):
-    directory = tmp_path_factory.mktemp("amq")
-    server = AmqServer(amq_env(fake_q_session, directory / "token.json"), directory / "gunicorn.log")
-    yield server
-    server.stop()
+    with running_amq(fake_q_session, tmp_path_factory, "amq") as server:
+        yield server
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import responses
 
 from amq.errors import BadGateway
 from app import create_app
-from tests.conftest import AmqServer, amq_env, free_port, reset_fake, sse_events
+from tests.conftest import amq_env, free_port, reset_fake, running_amq, sse_events
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import FakeQ, http_error, raw_reply, text_reply
 
@@ -30,9 +30,8 @@ def assert_error(response, status, error_type):
 def strict_fake():
     """This module's own fake Q. Several apps here log in with the same refresh token, so it
     does not rotate (rotation is the business of tests/test_tokens.py and the e2e suite)."""
-    fake = FakeQ(rotate_refresh_tokens=False).start()
-    yield fake
-    fake.stop()
+    with FakeQ(rotate_refresh_tokens=False) as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -43,12 +42,9 @@ def fake_q(strict_fake):
 @pytest.fixture(scope="module")
 def strict_server(strict_fake, tmp_path_factory):
     """amq with proxy keys, a small body limit, short timeouts and frequent pings."""
-    directory = tmp_path_factory.mktemp("strict")
-    server = AmqServer(amq_env(strict_fake, directory / "token.json", PROXY_API_KEYS=",".join(KEYS),
-                               MAX_REQUEST_BYTES="4096", UPSTREAM_READ_TIMEOUT="1.5",
-                               PING_INTERVAL="0.3"), directory / "gunicorn.log")
-    yield server
-    server.stop()
+    with running_amq(strict_fake, tmp_path_factory, "strict", PROXY_API_KEYS=",".join(KEYS),
+                     MAX_REQUEST_BYTES="4096", UPSTREAM_READ_TIMEOUT="1.5", PING_INTERVAL="0.3") as server:
+        yield server
 
 
 def post(server, body=HI, key=KEYS[0], stream=False, **kwargs):
