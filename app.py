@@ -18,7 +18,7 @@ from werkzeug.exceptions import HTTPException
 from amq.access import check_access
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
-from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
 from amq.tokens import TokenManager
@@ -58,6 +58,18 @@ def _log_safe(value) -> str:
     if text.isprintable() and len(text) <= 100:
         return text
     return repr(text[:100])
+
+
+def _as_proxy_error(exc: Exception) -> ProxyError:
+    """Ours as they are, werkzeug's translated, anything else an internal error (logged)."""
+    if isinstance(exc, ProxyError):
+        if exc.status >= 500:
+            logger.warning("%s: %s", exc.error_type, exc.message)
+        return exc
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    logger.exception("unhandled error")
+    return ProxyError(INTERNAL_ERROR)
 
 
 def _error_response(error: ProxyError):
@@ -123,20 +135,10 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
                     g.request_id)
         return response
 
-    @app.errorhandler(ProxyError)
-    def _proxy_error(error: ProxyError):
-        if error.status >= 500:
-            logger.warning("%s: %s", error.error_type, error.message)
-        return _error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def _werkzeug_error(exc: HTTPException):
-        return _error_response(_http_error(exc))
-
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        logger.exception("unhandled error")
-        return _error_response(ProxyError("internal error in amq"))
+    def _error(exc: Exception):
+        """The one error handler: every failure leaves as an Anthropic-shaped JSON error."""
+        return _error_response(_as_proxy_error(exc))
 
     return app
 

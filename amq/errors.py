@@ -6,6 +6,9 @@ of these is decided in one table, `amq.q_errors`.
 """
 from __future__ import annotations
 
+# What a client is told about a bug in amq (the log has the traceback).
+INTERNAL_ERROR = "internal error in amq"
+
 
 class ProxyError(Exception):
     """A failure with an Anthropic error type and HTTP status; one handler renders them all."""

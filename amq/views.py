@@ -9,11 +9,10 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .convert import convert_request
-from .errors import InvalidRequest, NotFound, ProxyError, RequestTooLarge
+from .errors import INTERNAL_ERROR, InvalidRequest, NotFound, ProxyError, RequestTooLarge
 from .message import collect_message
 from .tokencount import count_request_tokens
-from .sse import format_event
-from .translate import StreamTranslator
+from .sse import error_event, format_event
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -68,12 +67,10 @@ def _sse(batches: Iterator[list[dict]], request_id: str) -> Iterator[bytes]:
             yield b"".join(map(format_event, batch))
     except ProxyError as exc:
         logger.warning("stream %s ended by %s: %s", request_id, exc.error_type, exc.message)
-        yield format_event(dict(StreamTranslator.error(exc), request_id=request_id))
+        yield error_event(exc, request_id)
     except Exception:  # noqa: BLE001 - the client must still get an error event
         logger.exception("unexpected failure while streaming %s", request_id)
-        yield format_event({"type": "error", "error": {"type": "api_error",
-                                                       "message": "internal error in amq"},
-                            "request_id": request_id})
+        yield error_event(ProxyError(INTERNAL_ERROR), request_id)
     finally:
         batches.close()  # closes the upstream response, also when the client went away
 
