@@ -48,6 +48,13 @@ class Conversion:
     tool_names: dict[str, str] = field(default_factory=dict)  # Q name -> client's name
     skipped_tools: list[str] = field(default_factory=list)  # server tool types Q cannot run
 
+    def for_model(self, model_id: str, profile_arn: str = "") -> dict:
+        """The body with the Q model chosen (after validation, which needs no model)."""
+        self.body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"] = model_id
+        if profile_arn:
+            self.body["profileArn"] = profile_arn
+        return self.body
+
 
 def q_tool_name(name: str) -> str:
     """A name Q accepts, reversible through Conversion.tool_names (stable across turns)."""
@@ -425,9 +432,11 @@ def _assistant_message(turn: _Turn) -> dict:
     return {"assistantResponseMessage": message}
 
 
-def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profile_arn: str = "",
-                    conversation_id: str | None = None) -> Conversion:
-    """The whole conversion: validate, merge, pair, and lay out history and currentMessage.
+def convert_request(request: dict, *, model_id: str | None = None, origin: str = "CLI",
+                    profile_arn: str = "", conversation_id: str | None = None) -> Conversion:
+    """The whole conversion: check each block, merge, pair, and lay out history and currentMessage.
+
+    Without `model_id` the body has no model yet (`Conversion.for_model` adds it).
 
     :raises InvalidRequest: naming the offending field.
     """
@@ -470,7 +479,8 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
                        else _assistant_message(turn))
 
     current = _user_message(turns[-1], origin, current=True)
-    current["userInputMessage"]["modelId"] = model_id
+    if model_id is not None:
+        current["userInputMessage"]["modelId"] = model_id
     if specs:
         current["userInputMessage"].setdefault("userInputMessageContext", {})["tools"] = specs
 

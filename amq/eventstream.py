@@ -29,7 +29,7 @@ _U32 = struct.Struct(">I")
 # Fixed-size integer header types (spec 3.2): code -> unpacker. Timestamps (8) are int64 ms.
 _FIXED_INTS = {code: struct.Struct(fmt) for code, fmt in
                ((2, ">b"), (3, ">h"), (4, ">i"), (5, ">q"), (8, ">q"))}
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class EventStreamError(Exception):

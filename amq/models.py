@@ -5,7 +5,8 @@ import logging
 import re
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 

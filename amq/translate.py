@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from .tokencount import CHARS_PER_TOKEN, estimate_tokens
 

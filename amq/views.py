@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from itertools import chain
-from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .convert import convert_request
 from .errors import INTERNAL_ERROR, InvalidRequest, NotFound, ProxyError, RequestTooLarge
 from .message import collect_message
-from .tokencount import count_request_tokens
 from .sse import error_event, format_event
+from .tokencount import count_request_tokens
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -81,7 +80,8 @@ def create_message():
     payload = _json_object()
     g.model = payload.get("model")
     g.streamed = payload.get("stream") is True
-    events = _proxy().open_message(payload)
+    message = _proxy().validate(payload)
+    events = _proxy().open_message(message)
     if g.streamed:
         return Response(_sse(events, g.request_id), status=200, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -95,7 +95,7 @@ def create_message():
 def count_tokens():
     """Estimated input tokens of a Messages request (see README: how close it is)."""
     payload = _json_object()
-    convert_request(payload, model_id="count-only")  # the same validation as a real call
+    _proxy().validate(payload)  # what /v1/messages would refuse, this refuses too
     return jsonify({"input_tokens": count_request_tokens(payload)})
 
 
