@@ -5,13 +5,11 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import uuid
 
 import click
-from dotenv import load_dotenv
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
@@ -86,18 +84,16 @@ def _serving() -> bool:
 
 
 def create_app(test_config: dict | None = None, require_credentials: bool | None = None) -> Flask:
-    """Build the app; settings come from the environment, `.env`, and `test_config` on top.
+    """Build the app; settings come from the environment with `test_config` on top (the entry
+    points load `.env` first: wsgi.py, gunicorn.conf.py, and `flask` itself).
 
     Credentials are required when serving (default: unless a flask command other than `run`
     builds the app, so `flask --app app login` works before any login exists).
     :raises SystemExit: with one line naming a missing or malformed setting (no traceback
         for `flask run` or gunicorn).
     """
-    load_dotenv()
-    environ = dict(os.environ)
-    environ.update(test_config or {})
     try:
-        settings = load_settings(environ)
+        settings = load_settings(overrides=test_config)
         session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
         tokens = TokenManager.from_settings(settings, session, required=required)
@@ -146,7 +142,6 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
 def check_settings() -> None:
     """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
     try:
-        load_dotenv()
         TokenManager.from_settings(load_settings(), new_session(1))
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")

@@ -20,7 +20,7 @@ MAX_MESSAGE_LENGTH = MAX_HEADERS_LENGTH + MAX_PAYLOAD_LENGTH + PRELUDE_LENGTH + 
 # Consumed bytes are dropped from the buffer only once this many pile up, not per frame.
 _COMPACT_AT = 64 * 1024
 # Distinct header sections remembered per decoder; Q uses a handful.
-_HEADER_CACHE_SIZE = 32
+HEADER_CACHE_SIZE = 32
 
 # Precompiled structs: unpack_from reads in place and skips parsing the format each time.
 _PRELUDE = struct.Struct(">III")
@@ -182,6 +182,11 @@ class EventStreamDecoder:
         # so a parsed section is kept and copied instead of decoded again.
         self._header_cache: dict[bytes, dict[str, object]] = {}
 
+    @property
+    def cached_header_sections(self) -> int:
+        """How many distinct header sections are kept for reuse (at most HEADER_CACHE_SIZE)."""
+        return len(self._header_cache)
+
     def feed(self, data: bytes) -> list[Message]:
         """Append `data` and return every message it completes, in stream order.
 
@@ -229,7 +234,7 @@ class EventStreamDecoder:
                 headers = cache.get(section)
                 if headers is None:
                     headers = _parse_headers(section)
-                    if len(cache) < _HEADER_CACHE_SIZE:
+                    if len(cache) < HEADER_CACHE_SIZE:
                         cache[section] = headers
                 # A copy, so a caller editing one message's headers cannot touch the cache.
                 append(Message(headers.copy(), pending[headers_end:end - 4]))

@@ -141,6 +141,11 @@ class ModelCatalogue:
             logger.info("Amazon Q offers %d models: %s", len(models), ", ".join(self._models))
         self._expires = self._clock() + self.TTL
 
+    def stop_fetching(self) -> None:
+        """Answer from what is known now (the built-in table before any fetch) and never ask Q
+        again: for a setup whose upstream serves only messages."""
+        self._expires = float("inf")
+
     def resolve(self, requested: str) -> str:
         """Overrides, then the same family and version, then (live list) the best model of
         the family, then the configured default."""

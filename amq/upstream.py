@@ -92,7 +92,7 @@ class QClient:
         self.max_attempts = max_attempts
         self.retry_budget = retry_budget
         self._clock = clock
-        self._sleep = sleep  # cooperative under gevent
+        self.sleep = sleep  # cooperative under gevent; a test may replace it
 
     def open(self, body: dict) -> requests.Response:
         """POST GenerateAssistantResponse; return the 200 response, body unread.
@@ -148,7 +148,7 @@ class QClient:
                     raise
                 logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
                             attempt, attempts, delay)
-                self._sleep(delay)
+                self.sleep(delay)
         raise AssertionError("unreachable")
 
     def _attempt(self, url: str, data: bytes, headers: dict, stream: bool,

@@ -30,8 +30,8 @@ import time  # noqa: E402
 
 import gevent  # noqa: E402
 
-import _common  # noqa: E402,F401  (puts the repo root on sys.path)
-from _common import (SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine,  # noqa: E402
+import common  # noqa: E402,F401  (puts the repo root on sys.path)
+from common import (SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine,  # noqa: E402
                      percentile, rss_kib, save, verdict)
 
 TARGET_STREAMS = 1000
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
                         help="rounds of N streams on the same worker (default 2: the second shows "
                              "connection reuse and whether memory comes back)")
     args = parser.parse_args(argv)
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
     print(f"concurrency bench  {info['date']}  amq {info['amq']}  python {info['python']}  load {info['loadavg_start']}")
     levels = []
@@ -212,7 +212,7 @@ def main(argv=None) -> int:
           f" {kb:.1f} KB/stream  {verdict(ok)}")
     info["loadavg_end"] = loadavg()
     path = save("concurrency", {"machine": info, "args": vars(args), "levels": levels, "pass": ok})
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

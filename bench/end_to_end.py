@@ -31,9 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
+import common  # noqa: F401  (puts the repo root on sys.path)
 import requests
-from _common import (ANTHROPIC_HEADERS, BENCH, REQUESTS, AmqProcess, FastQProcess, cpu_seconds,
+from common import (ANTHROPIC_HEADERS, BENCH, REQUESTS, AmqProcess, FastQProcess, cpu_seconds,
                      loadavg, machine, need_tool, percentile, save, verdict)
 
 from tests.fakeq import GAR_TARGET
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     wrk, hey = need_tool("wrk"), need_tool("hey")
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
     print(f"end-to-end bench  {info['date']}  amq {info['amq']}  python {info['python']}  {info['cpus']} cpus  "
           f"load {info['loadavg_start']}  upstream {args.upstream}  request {args.request}"
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     try:
         amq = AmqProcess(fake, cpus="1" if args.pin else None, app_dir=args.app_dir)
         if args.pin:  # the load generators inherit this
-            subprocess.run(["taskset", "-pc", "0", str(_common.os.getpid())], check=True,
+            subprocess.run(["taskset", "-pc", "0", str(common.os.getpid())], check=True,
                            stdout=subprocess.DEVNULL)
         request = REQUESTS[args.request]
         direct = Target("direct", fake.url + "/", q_body(request),
@@ -213,7 +213,7 @@ def main(argv=None) -> int:
     info["loadavg_end"] = loadavg()
     path = save(f"end_to_end{'' if args.upstream == 'fastq' else '-' + args.upstream}"
                 f"{'' if args.request == 'small' else '-' + args.request}{'-pinned' if args.pin else ''}", results)
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

@@ -28,8 +28,8 @@ import time  # noqa: E402
 import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
 
-import _common  # noqa: E402,F401  (puts the repo root on sys.path)
-from _common import (SMALL_REQUEST, AmqProcess, loadavg, machine, percentile, save,  # noqa: E402
+import common  # noqa: E402,F401  (puts the repo root on sys.path)
+from common import (SMALL_REQUEST, AmqProcess, loadavg, machine, percentile, save,  # noqa: E402
                      verdict)
 from fastq import FastQ, numbered_frames  # noqa: E402
 
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
     info["loadavg_end"] = loadavg()
     path = save("latency", {"machine": info, "args": vars(args), "results": results,
                             "added_p50_ms": added, "worst_ms": worst, "pass": ok})
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

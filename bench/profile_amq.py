@@ -26,8 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
-from _common import (BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg,
+import common  # noqa: F401  (puts the repo root on sys.path)
+from common import (BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg,
                      machine, need_tool)
 
 # (stage, markers): a sample belongs to the first stage of this list that has a marker in the
@@ -98,7 +98,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     wrk = need_tool("wrk")
     pyspy = shutil.which("py-spy") or sys.exit("py-spy is needed: pip install -r bench/requirements.txt")
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
     workdir = Path(tempfile.mkdtemp(prefix="amq-prof-"))
     body, headers = workdir / "body.json", workdir / "headers.txt"
@@ -112,19 +112,19 @@ def main(argv=None) -> int:
     try:
         amq = AmqProcess(fake, cpus="1" if args.pin else None, app_dir=args.app_dir)
         if args.pin:  # wrk inherits this
-            subprocess.run(["taskset", "-pc", "0", str(_common.os.getpid())], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["taskset", "-pc", "0", str(common.os.getpid())], check=True, stdout=subprocess.DEVNULL)
         lua = [str(BENCH / "stream.lua"), amq.url + "/v1/messages", "--", "sse", str(body), str(headers)]
         subprocess.run([wrk, "-t1", "-c10", "-d2s", "-s", *lua], capture_output=True)  # warm-up
         load = wrk_load = loadavg()
         load_proc = subprocess.Popen([wrk, "-t1", f"-c{args.concurrency}", f"-d{args.duration + 4:g}s",
                                       "--timeout", "60s", "-s", *lua], stdout=subprocess.PIPE, text=True)
         time.sleep(2)  # let the load settle before sampling
-        cpu0, split0 = cpu_seconds(amq.worker_pid), _common.cpu_split(amq.worker_pid)
+        cpu0, split0 = cpu_seconds(amq.worker_pid), common.cpu_split(amq.worker_pid)
         spy = subprocess.run([pyspy, "record", "--nonblocking", "--format", "raw", "--rate", str(args.rate),
                               "--duration", f"{args.duration:g}", "-o", str(raw), "-p", str(amq.worker_pid)],
                              capture_output=True, text=True)
         cpu = cpu_seconds(amq.worker_pid) - cpu0
-        user, system = (b - a for a, b in zip(split0, _common.cpu_split(amq.worker_pid)))
+        user, system = (b - a for a, b in zip(split0, common.cpu_split(amq.worker_pid)))
         out, _ = load_proc.communicate(timeout=args.duration + 120)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed:\n{spy.stderr}")
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     (RESULTS / f"profile-amq-{label}.json").write_text(json.dumps(
         {"machine": info, "args": vars(args), "rps": rps, "worker_cpu_s": cpu,
          "worker_user_s": user, "worker_kernel_s": system, **summary}, indent=2))
-    print(f"\ncollapsed stacks: {raw.relative_to(_common.ROOT)}")
+    print(f"\ncollapsed stacks: {raw.relative_to(common.ROOT)}")
     return 0
 
 

@@ -559,6 +559,15 @@ class FakeQ:
         return self.url + "token"
 
     # scripting and tokens
+    def reset(self) -> FakeQ:
+        """Empty the script and the request logs, so a shared fake starts each test clean."""
+        with self._lock:
+            self._script.clear()
+        self.requests.clear()
+        self.rejections.clear()
+        self.token_requests.clear()
+        return self
+
     def enqueue(self, *replies: Reply):
         with self._lock:
             self._script.extend(replies)
@@ -935,7 +944,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._wait(reply.delay)
             pos = 0
             while pos < len(group):
-                piece = group[pos:pos + _chunk_size(rng)]
+                piece = group[pos:pos + chunk_size(rng)]
                 pos += len(piece)
                 if budget is not None:
                     piece = piece[:budget]
@@ -988,7 +997,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(timeout)  # a pipelined request is waiting; it is not a disconnect
 
 
-def _chunk_size(rng: random.Random) -> int:
+def chunk_size(rng: random.Random) -> int:
     """Uneven sizes: mostly small, sometimes single bytes, sometimes a few hundred."""
     roll = rng.random()
     if roll < 0.15:

@@ -5,7 +5,7 @@ import anthropic
 import pytest
 import requests
 
-from tests.conftest import sse_events
+from tests.support import sse_events
 from tests.eventstream_encode import encode_event, encode_exception
 from tests.fakeq import events_reply, http_error, raw_reply, text_reply, tool_reply
 

@@ -309,7 +309,7 @@ def test_header_cache_stays_bounded():
     frames = b"".join(encode_message({"id": uuid.UUID(int=n)}) for n in range(200))
     decoder = EventStreamDecoder()
     assert [m.headers["id"].int for m in decoder.feed(frames)] == list(range(200))
-    assert len(decoder._header_cache) <= eventstream._HEADER_CACHE_SIZE < 200
+    assert decoder.cached_header_sections <= eventstream.HEADER_CACHE_SIZE < 200
 
 
 def test_large_frame_in_small_chunks():

@@ -10,7 +10,7 @@ import responses
 
 from amq.errors import BadGateway
 from app import create_app
-from tests.conftest import amq_env, free_port, reset_fake, running_amq, sse_events
+from tests.support import amq_env, free_port, running_amq, sse_events
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import FakeQ, http_error, raw_reply, text_reply
 
@@ -36,13 +36,13 @@ def strict_fake():
 
 @pytest.fixture
 def fake_q(strict_fake):
-    return reset_fake(strict_fake)
+    return strict_fake.reset()
 
 
 @pytest.fixture(scope="module")
 def strict_server(strict_fake, tmp_path_factory):
     """amq with proxy keys, a small body limit, short timeouts and frequent pings."""
-    with running_amq(strict_fake, tmp_path_factory, "strict", PROXY_API_KEYS=",".join(KEYS),
+    with running_amq(strict_fake, tmp_path_factory.mktemp("strict"), PROXY_API_KEYS=",".join(KEYS),
                      MAX_REQUEST_BYTES="4096", UPSTREAM_READ_TIMEOUT="1.5", PING_INTERVAL="0.3") as server:
         yield server
 
@@ -206,15 +206,15 @@ def test_connection_refused_is_502(tmp_path, fake_q):
 
 @responses.activate
 def test_dns_failure_is_502(tmp_path):
-    from amq.tokens import AccessToken
+    responses.post("https://oidc.example.invalid/token", json={"accessToken": "at", "expiresIn": 3600})
     responses.post("https://q.example.invalid/", body=requests.ConnectionError(
         "Failed to resolve 'q.example.invalid' ([Errno -2] Name or service not known)"))
     app = create_app({"AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c", "AMAZONQ_CLIENT_SECRET": "s",
                       "AMAZONQ_API_ENDPOINT": "https://q.example.invalid/", "UPSTREAM_MAX_ATTEMPTS": "1",
+                      "AMAZONQ_TOKEN_ENDPOINT": "https://oidc.example.invalid/token",
                       "AMAZONQ_TOKEN_CACHE": str(tmp_path / "t.json")})
     proxy = app.extensions["amq"]
-    proxy.tokens._token = AccessToken("at", time.time() + 3600)
-    proxy.models._expires = float("inf")  # no model-list call in this test
+    proxy.models.stop_fetching()  # no model-list call in this test
     with pytest.raises(BadGateway):
         proxy.client.open({"conversationState": {}})
     response = app.test_client().post("/v1/messages", json=HI)
@@ -384,7 +384,7 @@ def test_length_delimited_answer_is_still_streamed(tmp_path, fake_q):
     env = amq_env(fake_q, tmp_path / "token.json",
                   AMAZONQ_API_ENDPOINT=f"http://127.0.0.1:{listener.getsockname()[1]}/")
     app = create_app(env)
-    app.extensions["amq"].models._expires = float("inf")  # no model-list call to this server
+    app.extensions["amq"].models.stop_fetching()  # no model-list call to this server
     with app.test_client() as client:
         response = client.post("/v1/messages", json=dict(HI, stream=True), buffered=False)
         seen = b""
