@@ -35,7 +35,8 @@ UNKNOWN_RELEASE = "2025-01-01T00:00:00Z"  # for ids Q lists that the table does 
 # claude-sonnet-4-5-20250929, claude-opus-4-1, claude-haiku-4-5, claude-sonnet-4-20250514
 _NEW_STYLE = re.compile(r"^claude-(?P<family>opus|sonnet|haiku)-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?(?:-\d{8})?$")
 # claude-3-7-sonnet-20250219, claude-3-5-haiku-latest
-_OLD_STYLE = re.compile(r"^claude-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?-(?P<family>opus|sonnet|haiku)(?:-\d{8}|-latest)?$")
+_OLD_STYLE = re.compile(
+    r"^claude-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?-(?P<family>opus|sonnet|haiku)(?:-\d{8}|-latest)?$")
 # Q's own ids: claude-sonnet-4.5, claude-3.7-sonnet, claude-sonnet-4.5-1m
 _Q_NEW = re.compile(r"^claude-(?P<family>opus|sonnet|haiku)-(?P<version>\d+(?:\.\d+)?)$")
 _Q_OLD = re.compile(r"^claude-(?P<version>\d+(?:\.\d+)?)-(?P<family>opus|sonnet|haiku)$")

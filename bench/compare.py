@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                     cpu = cpu_seconds(amq.worker_pid) - cpu0
                 finally:
                     amq.stop()
-                line = next(l for l in out.stdout.splitlines() if l.startswith("BENCHJSON "))
+                line = next(text for text in out.stdout.splitlines() if text.startswith("BENCHJSON "))
                 raw = json.loads(line[len("BENCHJSON "):])
                 rps = raw["requests"] / (raw["duration_us"] / 1e6)
                 bad = raw["bad_answers"] + sum(raw["errors"].values())

@@ -22,8 +22,8 @@ import sys
 import time
 
 import common  # noqa: F401  (puts the repo root on sys.path)
-from common import machine, save, verdict
 from botocore.eventstream import EventStreamBuffer
+from common import machine, save, verdict
 
 from amq.eventstream import EventStreamDecoder
 from tests.eventstream_encode import encode_event

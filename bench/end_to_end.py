@@ -33,8 +33,20 @@ from pathlib import Path
 
 import common  # noqa: F401  (puts the repo root on sys.path)
 import requests
-from common import (ANTHROPIC_HEADERS, BENCH, REQUESTS, AmqProcess, FastQProcess, cpu_seconds,
-                     loadavg, machine, need_tool, percentile, save, verdict)
+from common import (
+    ANTHROPIC_HEADERS,
+    BENCH,
+    REQUESTS,
+    AmqProcess,
+    FastQProcess,
+    cpu_seconds,
+    loadavg,
+    machine,
+    need_tool,
+    percentile,
+    save,
+    verdict,
+)
 
 from tests.fakeq import GAR_TARGET
 
@@ -86,7 +98,7 @@ def run_wrk(wrk: str, target: Target, concurrency: int, duration: float, pids: d
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
+    line = next((text for text in out.stdout.splitlines() if text.startswith("BENCHJSON ")), None)
     if line is None:
         raise SystemExit(f"wrk failed:\n{out.stdout}\n{out.stderr}")
     raw = json.loads(line[len("BENCHJSON "):])

@@ -27,8 +27,7 @@ from collections import Counter
 from pathlib import Path
 
 import common  # noqa: F401  (puts the repo root on sys.path)
-from common import (BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg,
-                     machine, need_tool)
+from common import BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, need_tool
 
 # (stage, markers): a sample belongs to the first stage of this list that has a marker in the
 # sample's stack (a marker starts a frame's "function (file" text, or, in parentheses, is part
@@ -124,18 +123,19 @@ def main(argv=None) -> int:
                               "--duration", f"{args.duration:g}", "-o", str(raw), "-p", str(amq.worker_pid)],
                              capture_output=True, text=True)
         cpu = cpu_seconds(amq.worker_pid) - cpu0
-        user, system = (b - a for a, b in zip(split0, common.cpu_split(amq.worker_pid)))
+        user, system = (b - a for a, b in zip(split0, common.cpu_split(amq.worker_pid), strict=False))
         out, _ = load_proc.communicate(timeout=args.duration + 120)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed:\n{spy.stderr}")
-        wrk_load = next((json.loads(l[10:]) for l in out.splitlines() if l.startswith("BENCHJSON ")), {})
+        wrk_load = next((json.loads(text[10:]) for text in out.splitlines() if text.startswith("BENCHJSON ")), {})
     finally:
         if amq is not None:
             amq.stop()
         fake.stop()
     summary = summarise(raw)
     rps = wrk_load.get("requests", 0) / max(1e-9, wrk_load.get("duration_us", 1) / 1e6)
-    print(f"profile of amq's worker  {info['date']}  amq {info['amq']}  c={args.concurrency} delay={args.delay:g}s  load {load}")
+    print(f"profile of amq's worker  {info['date']}  amq {info['amq']}  c={args.concurrency} "
+          f"delay={args.delay:g}s  load {load}")
     print(f"  {rps:,.0f} req/s during the run; worker CPU {cpu:.1f} s in {args.duration:g} s sampled"
           f" ({100 * cpu / args.duration:.0f}% of a core: user {user:.1f} s, kernel {system:.1f} s);"
           f" {summary['samples']} samples (busy only)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import random
@@ -326,7 +327,8 @@ def _check_tool_pairing(turns):
         for result in results:
             rid = result["toolUseId"]
             _require(rid not in answered, f"{where} answers toolUseId {rid!r} twice")
-            _require(rid in pending, f"{where} has a toolResult {rid!r} that answers no toolUse of the preceding assistant message")
+            _require(rid in pending, f"{where} has a toolResult {rid!r} that answers no toolUse "
+                                     "of the preceding assistant message")
             answered.add(rid)
         missing = sorted(set(pending) - answered)
         _require(not missing, f"{where} lacks toolResults for toolUseIds {missing} of the preceding assistant message")
@@ -505,7 +507,8 @@ class FakeQ:
         self.device_authorizations: list[dict] = []
         self.token_log: list[dict] = []  # {"at": monotonic, "grantType", "error" or None}
         self.bearer_rejections = 0
-        self._clients: dict[str, tuple[str, float]] = {self.client_id: (self.client_secret, time.time() + self.client_secret_ttl)}
+        self._clients: dict[str, tuple[str, float]] = {
+            self.client_id: (self.client_secret, time.time() + self.client_secret_ttl)}
         self._grants: dict[str, str] = {self.refresh_token: self.client_id}  # valid refresh token -> client
         self._devices: dict[str, dict] = {}
         self.closed_early = 0
@@ -536,10 +539,8 @@ class FakeQ:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:  # wakes handlers blocked on idle keep-alive reads
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._server.server_close()
         self._thread.join(5)
         self._server = None
@@ -736,13 +737,16 @@ class FakeQ:
 
     def list_models(self, body) -> tuple[int, dict]:
         """ListAvailableModels with nextToken pagination (spec 5.1)."""
-        if not isinstance(body, dict) or set(body) - {"origin", "maxResults", "nextToken", "profileArn", "modelProvider"}:
-            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER, "reason": None}
+        if not isinstance(body, dict) or set(body) - {"origin", "maxResults", "nextToken", "profileArn",
+                                                      "modelProvider"}:
+            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER,
+                         "reason": None}
         size = body.get("maxResults", 100)
         start = body.get("nextToken", "0")
         if (body.get("origin", "CLI") not in ORIGINS or not isinstance(size, int) or not 1 <= size <= 100
                 or not isinstance(start, str) or not start.isdigit() or int(start) > len(self.models)):
-            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER, "reason": None}
+            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER,
+                         "reason": None}
         start = int(start)
         page = [{"modelId": m, "modelName": m, "description": f"Fake {m}",
                  "tokenLimits": {"maxInputTokens": 200000, "maxOutputTokens": 64000},
@@ -758,7 +762,8 @@ def _token(prefix: str) -> str:
 
 
 def _oidc_error(status, exception, code, description):
-    return status, {"error": code, "error_description": description}, {"x-amzn-ErrorType": exception + OIDC_ERROR_SUFFIX}
+    return (status, {"error": code, "error_description": description},
+            {"x-amzn-ErrorType": exception + OIDC_ERROR_SUFFIX})
 
 
 class _ClientGone(Exception):
@@ -777,10 +782,8 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self):
         with self.fake._lock:
             self.fake._connections.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def log_message(self, fmt, *args):
         logger.debug("fakeq: " + fmt, *args)
@@ -853,7 +856,8 @@ class _Handler(BaseHTTPRequestHandler):
             if error:
                 self.fake.rejections.append(str(error))
         if error:
-            message = {"CONTENT_LENGTH_EXCEEDS_THRESHOLD": TOO_LONG, "INVALID_MODEL_ID": INVALID_MODEL}.get(error.reason, IMPROPER)
+            message = {"CONTENT_LENGTH_EXCEEDS_THRESHOLD": TOO_LONG,
+                       "INVALID_MODEL_ID": INVALID_MODEL}.get(error.reason, IMPROPER)
             return self._send_error_json(400, "ValidationException", message, error.reason, content_type)
         reply = self.fake.next_reply()
         try:
@@ -963,10 +967,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Drop the connection mid-body (no terminating chunk)."""
         self.close_connection = True
         self.wfile.flush()
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _write(self, data: bytes):
         try:

@@ -41,7 +41,7 @@ from amq.eventstream import (
 )
 from tests.eventstream_encode import encode_headers, encode_message
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 MIN_MS = (datetime.datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // datetime.timedelta(milliseconds=1)
 MAX_MS = (datetime.datetime.max.replace(tzinfo=UTC) - EPOCH) // datetime.timedelta(milliseconds=1)
@@ -99,7 +99,7 @@ def splits(draw, data: bytes) -> list[bytes]:
         return [data[i:i + 1] for i in range(len(data))]  # byte by byte
     cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=25)))
     bounds = [0, *cuts, len(data)]
-    return [data[a:b] for a, b in zip(bounds, bounds[1:])]
+    return [data[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def prelude(total: int, headers_length: int) -> bytes:

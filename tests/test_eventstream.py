@@ -28,7 +28,7 @@ from amq.eventstream import (
 )
 from tests.eventstream_encode import encode_error, encode_event, encode_exception, encode_message
 
-UTC = datetime.timezone.utc
+UTC = datetime.UTC
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
 # Spec 3.6: the worked example, byte for byte.

@@ -10,9 +10,9 @@ import responses
 
 from amq.errors import BadGateway
 from app import create_app
-from tests.support import amq_env, free_port, running_amq, sse_events
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import FakeQ, http_error, raw_reply, text_reply
+from tests.support import amq_env, free_port, running_amq, sse_events
 
 HI = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 KEYS = ("key-one-3f9a", "key-two-77c1")
