@@ -39,10 +39,9 @@ from amq.eventstream import (
     InvalidPayloadLength,
     TruncatedStream,
 )
-from tests.eventstream_encode import encode_headers, encode_message
+from tests.eventstream_encode import EPOCH, botocore_headers, encode_headers, encode_message
 
 UTC = datetime.UTC
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 MIN_MS = (datetime.datetime(1, 1, 1, tzinfo=UTC) - EPOCH) // datetime.timedelta(milliseconds=1)
 MAX_MS = (datetime.datetime.max.replace(tzinfo=UTC) - EPOCH) // datetime.timedelta(milliseconds=1)
 I64 = (-(2**63), 2**63 - 1)
@@ -146,18 +145,6 @@ class Outcome:
         return [m for step in self.steps for m in step]
 
 
-def _normalise(headers: dict) -> dict:
-    """amq's header values in botocore's shapes: timestamps as int ms, uuids as raw bytes."""
-    out = {}
-    for name, value in headers.items():
-        if isinstance(value, datetime.datetime):
-            value = (value - EPOCH) // datetime.timedelta(milliseconds=1)
-        elif isinstance(value, uuid.UUID):
-            value = value.bytes
-        out[name] = value
-    return out
-
-
 def run_amq(chunks: list[bytes]) -> Outcome:
     out, decoder = Outcome(), EventStreamDecoder()
     for i, chunk in enumerate(chunks):
@@ -167,7 +154,7 @@ def run_amq(chunks: list[bytes]) -> Outcome:
             out.steps.append([])
             out.error_at, out.error = i, exc
             return out
-        out.steps.append([(_normalise(m.headers), m.payload) for m in got])
+        out.steps.append([(botocore_headers(m.headers), m.payload) for m in got])
         for message in got:
             out.raw.append((_typed(message.headers), message.payload))
             # A caller may edit its messages: that must not reach later ones (header cache).

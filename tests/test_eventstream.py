@@ -26,10 +26,15 @@ from amq.eventstream import (
     Message,
     TruncatedStream,
 )
-from tests.eventstream_encode import encode_error, encode_event, encode_exception, encode_message
+from tests.eventstream_encode import (
+    botocore_headers,
+    encode_error,
+    encode_event,
+    encode_exception,
+    encode_message,
+)
 
 UTC = datetime.UTC
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
 
 # Spec 3.6: the worked example, byte for byte.
 WORKED_EXAMPLE = bytes.fromhex(
@@ -358,18 +363,6 @@ def _split(rng: random.Random, data: bytes, low: int, high: int) -> list[bytes]:
     return chunks
 
 
-def _normalise(headers: dict) -> dict:
-    """Our header values in botocore's shapes: timestamps as int ms, uuids as 16 raw bytes."""
-    out = {}
-    for name, value in headers.items():
-        if isinstance(value, datetime.datetime):
-            value = (value - EPOCH) // datetime.timedelta(milliseconds=1)
-        elif isinstance(value, uuid.UUID):
-            value = value.bytes
-        out[name] = value
-    return out
-
-
 @pytest.mark.parametrize(
     "seed, low, high",
     [(1, 1, 1), (2, 1, 40), (3, 100, 400), (4, 1024, 4096), (5, 1, 70_000), (6, 200_000, 400_000)],
@@ -385,7 +378,7 @@ def test_random_splits_match_botocore(seed, low, high):
     ours, theirs = [], []
     decoder, reference = EventStreamDecoder(), EventStreamBuffer()
     for chunk in chunks:
-        ours += [(_normalise(m.headers), m.payload) for m in decoder.feed(chunk)]
+        ours += [(botocore_headers(m.headers), m.payload) for m in decoder.feed(chunk)]
         reference.add_data(chunk)
         theirs += [(m.headers, m.payload) for m in reference]
     decoder.finish()
