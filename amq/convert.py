@@ -1,8 +1,8 @@
 """Converts an Anthropic Messages request into a Q GenerateAssistantResponse body (pure functions).
 
-Q is strict about conversation shape (spec 1.3-1.6): history alternates user/assistant from a
-user turn, every tool use is answered in the next user turn, tool names match a pattern and
-exist in the current tool list. Everything here exists to send only what Q accepts while
+Q is strict about conversation shape (docs/amazon-q-api.md, "Conversation rules"): history
+alternates user/assistant from a user turn, every tool use is answered in the next user turn,
+tool names match a pattern and exist in the current tool list. Everything here exists to send only what Q accepts while
 keeping every piece of the client's conversation.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
-# Placeholders where Q needs content the client did not give (spec 1.6a).
+# Placeholders where Q needs content the client did not give (docs/amazon-q-api.md, "Conversation rules").
 EMPTY_USER = "(empty message)"
 EMPTY_ASSISTANT = "(no text)"
 EMPTY_TOOL_RESULT = "(no output)"
@@ -379,7 +379,8 @@ def _unique_tool_use_ids(turns: list[_Turn]) -> None:
 
 
 def _pair_tool_results(turns: list[_Turn]) -> None:
-    """Enforce spec 1.6 rule 2: each tool use answered in the very next user turn, nothing else.
+    """Each tool use answered in the very next user turn, nothing else (rule 2 of
+    docs/amazon-q-api.md, "Conversation rules").
 
     A missing result becomes an error result; a result that answers no tool use of the
     preceding assistant turn is kept as text, so nothing the client sent is lost.
@@ -461,7 +462,8 @@ def convert_request(request: dict, *, model_id: str | None = None, origin: str =
     _unique_tool_use_ids(turns)
     _pair_tool_results(turns)
 
-    # Tool names used in history must exist in the current tool list (spec 1.6 rule 3).
+    # Tool names used in history must exist in the current tool list (rule 3 of
+    # docs/amazon-q-api.md, "Conversation rules").
     for turn in turns:
         for use in turn.tool_uses:
             if use["name"] not in tool_names:

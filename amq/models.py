@@ -17,7 +17,7 @@ class QModel(NamedTuple):
 
 
 # The built-in table, used until (or unless) ListAvailableModels answers: Q's dotted ids
-# (spec 5.2) with the Claude id, display name and release date that /v1/models shows.
+# (docs/amazon-q-api.md, "Models") with the Claude id, display name and release date that /v1/models shows.
 # Which of these an account may use is UNCONFIRMED, hence the live list and the overrides.
 BUILTIN = {
     "claude-opus-4.7": ("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z"),

@@ -10,7 +10,7 @@ import zlib
 # Event-stream timestamps count milliseconds from here.
 EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
-# Header type codes (spec section 3.2).
+# Header type codes (docs/event-stream.md, "Headers").
 _BOOL_TRUE, _BOOL_FALSE, _BYTE, _SHORT, _INT, _LONG, _BYTES, _STRING, _TIMESTAMP, _UUID = range(10)
 
 

@@ -9,7 +9,8 @@ agree, the test names the reason:
 - amq returns the good messages of a chunk and raises at the next `feed()`/`finish()`;
   botocore's iterator yields them and raises in the same loop.
 - botocore does not check a prelude's lengths against each other (total < 16, headers longer
-  than the frame) and reads header fields past the headers section; amq rejects both (spec).
+  than the frame) and reads header fields past the headers section; amq rejects both
+  (docs/event-stream.md, "Frame layout").
 - botocore returns timestamps as int milliseconds and uuids as 16 raw bytes.
 """
 from __future__ import annotations
@@ -267,7 +268,7 @@ def assert_agree(chunks: list[bytes]) -> tuple[Outcome, Outcome]:
 
 
 def spec_headers(section: bytes) -> dict | None:
-    """A deliberately plain reading of spec 3.2: the headers, or None if the section is
+    """A deliberately plain reading of docs/event-stream.md, "Headers": the headers, or None if the section is
     malformed in any way (overrun, unknown type, bad UTF-8, duplicate, timestamp that is no date)."""
     headers, i, end = {}, 0, len(section)
     sizes = {2: ">b", 3: ">h", 4: ">i", 5: ">q", 8: ">q"}
@@ -440,7 +441,7 @@ def _damaged_section(pairs: dict, cut: int, byte: int) -> bytes:
 def test_forged_header_sections_with_correct_crcs(data, section, payload):
     """botocore reads header fields past the section's end; amq refuses them. So: whatever
     botocore rejects amq rejects, whatever amq accepts botocore reads the same way, and amq
-    accepts exactly what a plain reading of the spec accepts."""
+    accepts exactly what a plain reading of the header format accepts."""
     frame = raw_frame(section, payload)
     chunks = data.draw(splits(frame)) if data is not None else [frame]
     ours, theirs = run_amq(chunks), run_botocore(chunks)

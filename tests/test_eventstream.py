@@ -36,7 +36,7 @@ from tests.eventstream_encode import (
 
 UTC = datetime.UTC
 
-# Spec 3.6: the worked example, byte for byte.
+# The worked example of docs/event-stream.md, byte for byte.
 WORKED_EXAMPLE = bytes.fromhex(
     "0000007c0000005c3bddcf780d3a6d6573736167652d747970650700056576656e740b3a6576656e742d7479"
     "7065070016617373697374616e74526573706f6e73654576656e740d3a636f6e74656e742d74797065070010"
@@ -50,7 +50,7 @@ WORKED_MESSAGE = Message(
     },
     b'{"content":"Hi"}',
 )
-# Spec 3.6, extra vectors: no headers, no payload.
+# docs/event-stream.md, "Worked example", more vectors: no headers, no payload.
 EMPTY_MESSAGE = bytes.fromhex("000000100000000005c248eb7d98c8ff")
 
 SOME_UUID = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")

@@ -27,7 +27,8 @@ from tests.fakeq import (
 
 RPC_HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": GAR_TARGET}
 
-# The example request of spec section 1.7, verbatim.
+# A request in the shape the Q CLI sends: history with a tool use, its result in the current
+# message (docs/amazon-q-api.md, "Request body").
 SPEC_EXAMPLE = {
     "conversationState": {
         "conversationId": "3d6c1d0e-4a5b-4a57-8f0e-2b3c4d5e6f70",
