@@ -78,14 +78,7 @@ def test_other_v1_endpoints_are_guarded_too(strict_server):
     assert requests.get(strict_server.url + "/health", timeout=10).status_code == 200
 
 
-@pytest.fixture
-def local_app(tmp_path, fake_q):
-    app = create_app(amq_env(fake_q, tmp_path / "token.json"))
-    return app
-
-
-def test_without_keys_remote_clients_are_refused(local_app, fake_q):
-    client = local_app.test_client()
+def test_without_keys_remote_clients_are_refused(client, fake_q):
     remote = client.post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert remote.status_code == 401
     assert "set PROXY_API_KEYS" in remote.get_json()["error"]["message"]
@@ -95,16 +88,16 @@ def test_without_keys_remote_clients_are_refused(local_app, fake_q):
 
 
 @pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
-def test_without_keys_clients_behind_a_local_reverse_proxy_are_refused(local_app, fake_q, header):
-    response = local_app.test_client().post("/v1/messages", json=HI, headers={header: "203.0.113.9"},
-                                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+def test_without_keys_clients_behind_a_local_reverse_proxy_are_refused(client, fake_q, header):
+    response = client.post("/v1/messages", json=HI, headers={header: "203.0.113.9"},
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert response.status_code == 401 and "PROXY_API_KEYS" in response.get_json()["error"]["message"]
     assert fake_q.requests == []
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1"])
-def test_without_keys_loopback_clients_are_served(local_app, fake_q, address):
-    response = local_app.test_client().post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": address})
+def test_without_keys_loopback_clients_are_served(client, fake_q, address):
+    response = client.post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": address})
     assert response.status_code == 200
 
 
