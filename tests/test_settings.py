@@ -47,3 +47,12 @@ def test_malformed_server_setting_is_named(name, value):
 def test_overrides_win_over_the_environment():
     settings = load_settings({"AMAZONQ_ORIGIN": "CLI", "PING_INTERVAL": "3"}, overrides={"PING_INTERVAL": "7"})
     assert (settings.origin, settings.ping_interval) == ("CLI", 7.0)
+
+
+def test_only_entry_points_load_dotenv():
+    """The factory and the settings loader read the environment they are given: a developer's
+    `.env` must not reach tests that build the app (wsgi.py and gunicorn.conf.py load it)."""
+    loaders = {str(path.relative_to(ROOT)) for path in [ROOT / "app.py", *(ROOT / "amq").rglob("*.py")]
+               if "load_dotenv" in path.read_text()}
+    assert loaders == set()
+    assert all("load_dotenv()" in (ROOT / name).read_text() for name in ("wsgi.py", "gunicorn.conf.py"))
