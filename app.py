@@ -5,20 +5,18 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import time
 import uuid
 
 import click
-from dotenv import load_dotenv
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
 from amq.access import check_access
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
-from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
 from amq.tokens import TokenManager
@@ -60,6 +58,18 @@ def _log_safe(value) -> str:
     return repr(text[:100])
 
 
+def _as_proxy_error(exc: Exception) -> ProxyError:
+    """Ours as they are, werkzeug's translated, anything else an internal error (logged)."""
+    if isinstance(exc, ProxyError):
+        if exc.status >= 500:
+            logger.warning("%s: %s", exc.error_type, exc.message)
+        return exc
+    if isinstance(exc, HTTPException):
+        return _http_error(exc)
+    logger.exception("unhandled error")
+    return ProxyError(INTERNAL_ERROR)
+
+
 def _error_response(error: ProxyError):
     response = jsonify(error.to_dict(getattr(g, "request_id", None)))
     response.status_code = error.status
@@ -74,18 +84,16 @@ def _serving() -> bool:
 
 
 def create_app(test_config: dict | None = None, require_credentials: bool | None = None) -> Flask:
-    """Build the app; settings come from the environment, `.env`, and `test_config` on top.
+    """Build the app; settings come from the environment with `test_config` on top (the entry
+    points load `.env` first: wsgi.py, gunicorn.conf.py, and `flask` itself).
 
     Credentials are required when serving (default: unless a flask command other than `run`
     builds the app, so `flask --app app login` works before any login exists).
     :raises SystemExit: with one line naming a missing or malformed setting (no traceback
         for `flask run` or gunicorn).
     """
-    load_dotenv()
-    environ = dict(os.environ)
-    environ.update(test_config or {})
     try:
-        settings = load_settings(environ)
+        settings = load_settings(overrides=test_config)
         session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
         tokens = TokenManager.from_settings(settings, session, required=required)
@@ -123,20 +131,10 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
                     g.request_id)
         return response
 
-    @app.errorhandler(ProxyError)
-    def _proxy_error(error: ProxyError):
-        if error.status >= 500:
-            logger.warning("%s: %s", error.error_type, error.message)
-        return _error_response(error)
-
-    @app.errorhandler(HTTPException)
-    def _werkzeug_error(exc: HTTPException):
-        return _error_response(_http_error(exc))
-
     @app.errorhandler(Exception)
-    def _unexpected(exc: Exception):
-        logger.exception("unhandled error")
-        return _error_response(ProxyError("internal error in amq"))
+    def _error(exc: Exception):
+        """The one error handler: every failure leaves as an Anthropic-shaped JSON error."""
+        return _error_response(_as_proxy_error(exc))
 
     return app
 
@@ -144,7 +142,6 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
 def check_settings() -> None:
     """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
     try:
-        load_dotenv()
         TokenManager.from_settings(load_settings(), new_session(1))
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")

@@ -10,7 +10,6 @@ import ipaddress
 
 from .errors import AuthenticationFailed
 
-
 FORWARDING_HEADERS = ("Forwarded", "X-Forwarded-For", "X-Real-IP")
 
 

@@ -1,4 +1,9 @@
-"""Settings: read once from the environment (and `.env`), validated, handed to constructors."""
+"""Settings: read once from the environment, validated, handed to constructors.
+
+Every default is in DEFAULTS, the one mapping that the app (load_settings), gunicorn.conf.py
+(load_server_settings) and the README's settings table (checked by a test) follow. `.env` is
+loaded by the entry points (wsgi.py, gunicorn.conf.py; `flask` does it itself), never here.
+"""
 from __future__ import annotations
 
 import os
@@ -16,7 +21,7 @@ def default_token_cache() -> str:
     return os.path.join(base, "amq", "token.json")
 
 
-# AWS Builder ID logins always live in us-east-1 (spec 4.1); IAM Identity Center uses its own region.
+# AWS Builder ID logins always live in us-east-1 (docs/oidc.md); IAM Identity Center uses its own region.
 DEFAULT_REGION = "us-east-1"
 
 
@@ -35,11 +40,13 @@ DEFAULTS: dict[str, str] = {
     # Empty: the stored login's OIDC endpoint, else https://oidc.us-east-1.amazonaws.com/token.
     "AMAZONQ_TOKEN_ENDPOINT": "",
     "AMAZONQ_TOKEN_CACHE": "",
-    # Spec 1.1: the RPC binding is what the Q CLI uses; REST is UNCONFIRMED on q.* hosts.
+    # The RPC binding is what the Q CLI uses; REST is UNCONFIRMED on q.* hosts
+    # (docs/amazon-q-api.md, "Endpoints and bindings").
     "AMAZONQ_API_BINDING": "rpc",
-    # Spec 1.4: the Q CLI sends CLI; Kiro clients send other values.
+    # The Q CLI sends CLI; Kiro clients send other values (docs/amazon-q-api.md, "Request body").
     "AMAZONQ_ORIGIN": "CLI",
-    # Where unknown Claude model names go (spec 5.2: availability per account is UNCONFIRMED).
+    # Where unknown Claude model names go; which ids an account may use is UNCONFIRMED
+    # (docs/amazon-q-api.md, "Models").
     "AMAZONQ_DEFAULT_MODEL": "claude-sonnet-4.5",
     # "claude-name=q-id,..." overrides, applied before the built-in table.
     "AMAZONQ_MODEL_MAP": "",
@@ -55,6 +62,8 @@ DEFAULTS: dict[str, str] = {
     "MAX_REQUEST_BYTES": str(32 * 1024 * 1024),
     "PORT": "8080",
     "LOG_LEVEL": "INFO",
+    # gunicorn worker processes; each gevent worker serves many streams.
+    "WEB_CONCURRENCY": "2",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
 }
@@ -84,9 +93,18 @@ class Settings:
     ping_interval: float = 10.0
     proxy_api_keys: tuple[str, ...] = field(default=(), repr=False)
     max_request_bytes: int = 32 * 1024 * 1024
-    port: int = 8080
     log_level: str = "INFO"
     worker_connections: int = 1000
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What gunicorn.conf.py needs: where to listen, how many workers and connections."""
+
+    port: int
+    web_concurrency: int
+    worker_connections: int
+    log_level: str
 
 
 def _parse_model_map(raw: str) -> dict[str, str]:
@@ -105,23 +123,43 @@ def _number(values: dict, key: str, kind=float):
     try:
         value = kind(values[key])
     except ValueError:
-        raise ConfigError(f"{key} must be a number, got '{values[key]}'") from None
+        raise ConfigError(f"{key} must be a {'whole ' if kind is int else ''}number, "
+                          f"got '{values[key]}'") from None
     if value <= 0:
         raise ConfigError(f"{key} must be positive, got '{values[key]}'")
     return value
 
 
-def load_settings(environ: dict | None = None) -> Settings:
-    """Build Settings from `environ` (default: os.environ) laid over DEFAULTS.
+def _values(environ: dict | None, overrides: dict | None) -> dict[str, str]:
+    """Every setting: `overrides` over `environ` (default: os.environ) over DEFAULTS."""
+    env = dict(os.environ if environ is None else environ)
+    env.update(overrides or {})
+    values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
+    if values["LOG_LEVEL"].upper() not in LOG_LEVELS:
+        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
+    return values
+
+
+def load_server_settings(environ: dict | None = None) -> ServerSettings:
+    """gunicorn's settings from `environ` (default: os.environ) laid over DEFAULTS.
+
+    :raises ConfigError: naming the first malformed setting.
+    """
+    values = _values(environ, None)
+    return ServerSettings(port=_number(values, "PORT", int),
+                          web_concurrency=_number(values, "WEB_CONCURRENCY", int),
+                          worker_connections=_number(values, "WORKER_CONNECTIONS", int),
+                          log_level=values["LOG_LEVEL"].upper())
+
+
+def load_settings(environ: dict | None = None, overrides: dict | None = None) -> Settings:
+    """Build Settings from `overrides` over `environ` (default: os.environ) over DEFAULTS.
 
     The credentials (REQUIRED) are checked by the token manager, which also knows what the
     token cache holds.
     :raises ConfigError: naming the first malformed setting.
     """
-    env = os.environ if environ is None else environ
-    values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
-    if values["LOG_LEVEL"].upper() not in LOG_LEVELS:
-        raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
+    values = _values(environ, overrides)
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
@@ -146,7 +184,6 @@ def load_settings(environ: dict | None = None) -> Settings:
         ping_interval=_number(values, "PING_INTERVAL"),
         proxy_api_keys=tuple(k.strip() for k in values["PROXY_API_KEYS"].split(",") if k.strip()),
         max_request_bytes=_number(values, "MAX_REQUEST_BYTES", int),
-        port=_number(values, "PORT", int),
         log_level=values["LOG_LEVEL"].upper(),
         worker_connections=_number(values, "WORKER_CONNECTIONS", int),
     )

@@ -1,8 +1,8 @@
 """Converts an Anthropic Messages request into a Q GenerateAssistantResponse body (pure functions).
 
-Q is strict about conversation shape (spec 1.3-1.6): history alternates user/assistant from a
-user turn, every tool use is answered in the next user turn, tool names match a pattern and
-exist in the current tool list. Everything here exists to send only what Q accepts while
+Q is strict about conversation shape (docs/amazon-q-api.md, "Conversation rules"): history
+alternates user/assistant from a user turn, every tool use is answered in the next user turn,
+tool names match a pattern and exist in the current tool list. Everything here exists to send only what Q accepts while
 keeping every piece of the client's conversation.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
                  "image/gif": "gif", "image/webp": "webp"}
-# Placeholders where Q needs content the client did not give (spec 1.6a).
+# Placeholders where Q needs content the client did not give (docs/amazon-q-api.md, "Conversation rules").
 EMPTY_USER = "(empty message)"
 EMPTY_ASSISTANT = "(no text)"
 EMPTY_TOOL_RESULT = "(no output)"
@@ -47,6 +47,13 @@ class Conversion:
     body: dict
     tool_names: dict[str, str] = field(default_factory=dict)  # Q name -> client's name
     skipped_tools: list[str] = field(default_factory=list)  # server tool types Q cannot run
+
+    def for_model(self, model_id: str, profile_arn: str = "") -> dict:
+        """The body with the Q model chosen (after validation, which needs no model)."""
+        self.body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"] = model_id
+        if profile_arn:
+            self.body["profileArn"] = profile_arn
+        return self.body
 
 
 def q_tool_name(name: str) -> str:
@@ -372,7 +379,8 @@ def _unique_tool_use_ids(turns: list[_Turn]) -> None:
 
 
 def _pair_tool_results(turns: list[_Turn]) -> None:
-    """Enforce spec 1.6 rule 2: each tool use answered in the very next user turn, nothing else.
+    """Each tool use answered in the very next user turn, nothing else (rule 2 of
+    docs/amazon-q-api.md, "Conversation rules").
 
     A missing result becomes an error result; a result that answers no tool use of the
     preceding assistant turn is kept as text, so nothing the client sent is lost.
@@ -425,9 +433,11 @@ def _assistant_message(turn: _Turn) -> dict:
     return {"assistantResponseMessage": message}
 
 
-def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profile_arn: str = "",
-                    conversation_id: str | None = None) -> Conversion:
-    """The whole conversion: validate, merge, pair, and lay out history and currentMessage.
+def convert_request(request: dict, *, model_id: str | None = None, origin: str = "CLI",
+                    profile_arn: str = "", conversation_id: str | None = None) -> Conversion:
+    """The whole conversion: check each block, merge, pair, and lay out history and currentMessage.
+
+    Without `model_id` the body has no model yet (`Conversion.for_model` adds it).
 
     :raises InvalidRequest: naming the offending field.
     """
@@ -452,7 +462,8 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
     _unique_tool_use_ids(turns)
     _pair_tool_results(turns)
 
-    # Tool names used in history must exist in the current tool list (spec 1.6 rule 3).
+    # Tool names used in history must exist in the current tool list (rule 3 of
+    # docs/amazon-q-api.md, "Conversation rules").
     for turn in turns:
         for use in turn.tool_uses:
             if use["name"] not in tool_names:
@@ -470,7 +481,8 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
                        else _assistant_message(turn))
 
     current = _user_message(turns[-1], origin, current=True)
-    current["userInputMessage"]["modelId"] = model_id
+    if model_id is not None:
+        current["userInputMessage"]["modelId"] = model_id
     if specs:
         current["userInputMessage"].setdefault("userInputMessageContext", {})["tools"] = specs
 

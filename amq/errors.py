@@ -1,10 +1,13 @@
-"""The proxy's exceptions and the one table that maps Amazon Q failures onto Anthropic errors."""
+"""The proxy's exceptions: each carries its HTTP status and Anthropic error type.
+
+One handler in the app factory renders them as JSON; a stream that has begun ends with the
+same body as its `error` event (`amq.sse.error_event`). Which Amazon Q failure becomes which
+of these is decided in one table, `amq.q_errors`.
+"""
 from __future__ import annotations
 
-import json
-import logging
-
-logger = logging.getLogger(__name__)
+# What a client is told about a bug in amq (the log has the traceback).
+INTERNAL_ERROR = "internal error in amq"
 
 
 class ProxyError(Exception):
@@ -20,6 +23,7 @@ class ProxyError(Exception):
         self.headers = dict(headers or {})
 
     def to_dict(self, request_id: str | None = None) -> dict:
+        """The Anthropic error body, which is also the in-stream `error` event."""
         body = {"type": "error", "error": {"type": self.error_type, "message": self.message}}
         if request_id:
             body["request_id"] = request_id
@@ -55,6 +59,16 @@ class RateLimited(ProxyError):
     status, error_type = 429, "rate_limit_error"
 
 
+class MonthlyLimitReached(RateLimited):
+    """The account's monthly request allowance is spent: the same 429 for the client, but not
+    worth a retry until the month turns (unlike throttling, which passes in seconds)."""
+
+    retryable = False
+
+    def __init__(self, message: str, *, headers: dict | None = None):
+        super().__init__(message, headers={"x-should-retry": "false", **(headers or {})})
+
+
 class UpstreamFailure(ProxyError):
     retryable = True
     status, error_type = 500, "api_error"
@@ -77,69 +91,3 @@ class Overloaded(ProxyError):
 class CredentialsRejected(AuthenticationFailed):
     """The login itself was refused or is missing: only a new login fixes it (the token
     manager words the message, as it knows where the login came from)."""
-
-
-def error_code(raw: str | None) -> str:
-    """Reduce `ns#ThrottlingException:http://...` to `ThrottlingException`, as the AWS SDKs do."""
-    if not raw:
-        return ""
-    return raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
-
-
-def parse_upstream_error(status: int, body: bytes, headers) -> tuple[str, str, str]:
-    """(code, reason, message) of a Q error response; the header code wins over the body's."""
-    try:
-        data = json.loads(body.decode("utf-8")) if body else {}
-    except (UnicodeDecodeError, ValueError):
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    code = error_code(headers.get("x-amzn-errortype")) or error_code(
-        data.get("__type") or data.get("code")
-    )
-    message = data.get("message") or data.get("Message") or ""
-    if not message and body and not data:
-        message = body[:300].decode("utf-8", "replace")
-    return code, str(data.get("reason") or ""), str(message)
-
-
-def is_invalid_bearer(status: int, message: str) -> bool:
-    """Q's answer to an expired or revoked access token (refresh once and retry)."""
-    return status == 403 and "bearer token" in message.lower() and "invalid" in message.lower()
-
-
-def map_upstream_error(status: int, code: str, reason: str, message: str) -> ProxyError:
-    """The one table from a Q error to the Anthropic error a client understands.
-
-    Keyed on the error code and reason first (statuses vary, spec section 2.5), status last.
-    """
-    shown = message or code or f"HTTP {status}"
-    text = f"{shown} (Amazon Q {code or status}{', ' + reason if reason else ''})"
-    if code == "ValidationException" or (status == 400 and not code):
-        if reason == "CONTENT_LENGTH_EXCEEDS_THRESHOLD" or "input is too long" in message.lower():
-            # Claude Code compacts its context when the message starts like this.
-            return InvalidRequest(f"prompt is too long: {text}")
-        return InvalidRequest(text)
-    if reason == "MONTHLY_REQUEST_COUNT" or "reached for this month" in message:
-        spent = RateLimited(f"Amazon Q monthly request limit reached: {text}",
-                            headers={"x-should-retry": "false"})
-        spent.retryable = False  # nothing changes until the month turns
-        return spent
-    if reason == "INSUFFICIENT_MODEL_CAPACITY":
-        return Overloaded(text, headers={"retry-after": "5"})
-    if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:
-        return RateLimited(text, headers={"retry-after": "5"})
-    if code == "AccessDeniedException" or status == 403:
-        if reason == "TEMPORARILY_SUSPENDED" or "suspended" in message.lower():
-            return PermissionDenied(f"Amazon Q account is suspended: {text}")
-        return PermissionDenied(text)
-    if status in (401,):
-        return AuthenticationFailed(text)
-    if code == "ResourceNotFoundException" or status == 404:
-        return NotFound(text)
-    if "high load" in message.lower() or code == "ServiceUnavailableException" or status == 503:
-        return Overloaded(text, headers={"retry-after": "5"})
-    if status >= 500 or code == "InternalServerException":
-        return UpstreamFailure(text)
-    return InvalidRequest(text) if 400 <= status < 500 else UpstreamFailure(text)
-

@@ -10,7 +10,8 @@ from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
-# Byte length of the prelude: total_length, headers_length, prelude_crc (spec 3.1).
+# Byte length of the prelude: total_length, headers_length, prelude_crc (docs/event-stream.md, "Frame layout").
+# The size caps are botocore's (docs/event-stream.md, "Size limits").
 PRELUDE_LENGTH = 12
 MAX_HEADERS_LENGTH = 128 * 1024
 MAX_PAYLOAD_LENGTH = 24 * 1024 * 1024
@@ -20,16 +21,16 @@ MAX_MESSAGE_LENGTH = MAX_HEADERS_LENGTH + MAX_PAYLOAD_LENGTH + PRELUDE_LENGTH + 
 # Consumed bytes are dropped from the buffer only once this many pile up, not per frame.
 _COMPACT_AT = 64 * 1024
 # Distinct header sections remembered per decoder; Q uses a handful.
-_HEADER_CACHE_SIZE = 32
+HEADER_CACHE_SIZE = 32
 
 # Precompiled structs: unpack_from reads in place and skips parsing the format each time.
 _PRELUDE = struct.Struct(">III")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
-# Fixed-size integer header types (spec 3.2): code -> unpacker. Timestamps (8) are int64 ms.
+# Fixed-size integer header types (docs/event-stream.md, "Headers"): code -> unpacker. Timestamps (8) are int64 ms.
 _FIXED_INTS = {code: struct.Struct(fmt) for code, fmt in
                ((2, ">b"), (3, ">h"), (4, ">i"), (5, ">q"), (8, ">q"))}
-_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.timezone.utc)
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
 
 
 class EventStreamError(Exception):
@@ -57,14 +58,14 @@ class InvalidMessageLength(EventStreamError):
 
 
 class InvalidHeadersLength(EventStreamError):
-    """The headers section is larger than the spec allows."""
+    """The headers section is larger than MAX_HEADERS_LENGTH."""
 
     def __init__(self, length: int) -> None:
         super().__init__(f"headers length of {length} exceeds the maximum of {MAX_HEADERS_LENGTH}")
 
 
 class InvalidPayloadLength(EventStreamError):
-    """The payload is larger than the spec allows."""
+    """The payload is larger than MAX_PAYLOAD_LENGTH."""
 
     def __init__(self, length: int) -> None:
         super().__init__(f"payload length of {length} exceeds the maximum of {MAX_PAYLOAD_LENGTH}")
@@ -169,8 +170,9 @@ def _overrun(offset: int) -> InvalidHeader:
 class EventStreamDecoder:
     """Incremental decoder: feed it body chunks of any size, get whole messages back.
 
-    It does no I/O. The first malformed frame kills it: the spec says a stream with a
-    bad frame must be dropped, so it never tries to resynchronise.
+    It does no I/O. The first malformed frame kills it: the Smithy specification says a stream
+    with a bad frame must be dropped (docs/event-stream.md, "Decoding a stream"), so it never tries to
+    resynchronise.
     """
 
     def __init__(self) -> None:
@@ -181,6 +183,11 @@ class EventStreamDecoder:
         # Q repeats the same few header sections (one per event type) in every frame,
         # so a parsed section is kept and copied instead of decoded again.
         self._header_cache: dict[bytes, dict[str, object]] = {}
+
+    @property
+    def cached_header_sections(self) -> int:
+        """How many distinct header sections are kept for reuse (at most HEADER_CACHE_SIZE)."""
+        return len(self._header_cache)
 
     def feed(self, data: bytes) -> list[Message]:
         """Append `data` and return every message it completes, in stream order.
@@ -229,7 +236,7 @@ class EventStreamDecoder:
                 headers = cache.get(section)
                 if headers is None:
                     headers = _parse_headers(section)
-                    if len(cache) < _HEADER_CACHE_SIZE:
+                    if len(cache) < HEADER_CACHE_SIZE:
                         cache[section] = headers
                 # A copy, so a caller editing one message's headers cannot touch the cache.
                 append(Message(headers.copy(), pending[headers_end:end - 4]))

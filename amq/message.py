@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 from .errors import UpstreamFailure
-
 
 # Which block field each delta type extends.
 _DELTA_FIELDS = {"text_delta": ("text", "text"), "thinking_delta": ("thinking", "thinking"),

@@ -5,7 +5,8 @@ import logging
 import re
 import threading
 import time
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 logger = logging.getLogger(__name__)
 
@@ -16,7 +17,7 @@ class QModel(NamedTuple):
 
 
 # The built-in table, used until (or unless) ListAvailableModels answers: Q's dotted ids
-# (spec 5.2) with the Claude id, display name and release date that /v1/models shows.
+# (docs/amazon-q-api.md, "Models") with the Claude id, display name and release date that /v1/models shows.
 # Which of these an account may use is UNCONFIRMED, hence the live list and the overrides.
 BUILTIN = {
     "claude-opus-4.7": ("claude-opus-4-7", "Claude Opus 4.7", "2026-04-16T00:00:00Z"),
@@ -34,7 +35,8 @@ UNKNOWN_RELEASE = "2025-01-01T00:00:00Z"  # for ids Q lists that the table does 
 # claude-sonnet-4-5-20250929, claude-opus-4-1, claude-haiku-4-5, claude-sonnet-4-20250514
 _NEW_STYLE = re.compile(r"^claude-(?P<family>opus|sonnet|haiku)-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?(?:-\d{8})?$")
 # claude-3-7-sonnet-20250219, claude-3-5-haiku-latest
-_OLD_STYLE = re.compile(r"^claude-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?-(?P<family>opus|sonnet|haiku)(?:-\d{8}|-latest)?$")
+_OLD_STYLE = re.compile(
+    r"^claude-(?P<major>\d+)(?:-(?P<minor>\d{1,2}))?-(?P<family>opus|sonnet|haiku)(?:-\d{8}|-latest)?$")
 # Q's own ids: claude-sonnet-4.5, claude-3.7-sonnet, claude-sonnet-4.5-1m
 _Q_NEW = re.compile(r"^claude-(?P<family>opus|sonnet|haiku)-(?P<version>\d+(?:\.\d+)?)$")
 _Q_OLD = re.compile(r"^claude-(?P<version>\d+(?:\.\d+)?)-(?P<family>opus|sonnet|haiku)$")
@@ -139,6 +141,11 @@ class ModelCatalogue:
             self._live = True
             logger.info("Amazon Q offers %d models: %s", len(models), ", ".join(self._models))
         self._expires = self._clock() + self.TTL
+
+    def stop_fetching(self) -> None:
+        """Answer from what is known now (the built-in table before any fetch) and never ask Q
+        again: for a setup whose upstream serves only messages."""
+        self._expires = float("inf")
 
     def resolve(self, requested: str) -> str:
         """Overrides, then the same family and version, then (live list) the best model of

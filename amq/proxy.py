@@ -1,25 +1,19 @@
-"""The request path in one place: convert, call Q, and set up translation of its answer."""
+"""The request path in one place: call Q with a validated request, set up translation of its answer."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from .config import Settings
-from .convert import convert_request
-from .errors import InvalidRequest
 from .models import ModelCatalogue
 from .tokencount import count_request_tokens
 from .tokens import TokenManager
 from .translate import StreamTranslator, translate
 from .upstream import QClient
+from .validate import MessageRequest, validate_request
 
 logger = logging.getLogger(__name__)
-
-
-def thinking_requested(request: dict) -> bool:
-    thinking = request.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
 
 
 @dataclass
@@ -32,38 +26,29 @@ class Proxy:
     models: ModelCatalogue
     _logged_server_tools: set = field(default_factory=set)
 
-    def open_message(self, request: dict) -> Iterator[list[dict]]:
-        """Validate and convert `request`, open the Q stream, return the Anthropic events
-        (in batches that arrived together).
+    def open_message(self, request: MessageRequest) -> Iterator[list[dict]]:
+        """Open the Q stream for a validated `request`; return the Anthropic events (in
+        batches that arrived together).
 
         Everything that can fail before Q accepts the call raises here (an ordinary HTTP
         error); the returned iterator raises ProxyError only for faults mid-answer.
         """
-        model = request.get("model", "")
-        if not isinstance(model, str):
-            raise InvalidRequest("model: must be a string")
-        max_tokens = request.get("max_tokens")
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)
-                                       or max_tokens < 1):
-            raise InvalidRequest("max_tokens: must be a positive integer")
-        if "stream" in request and not isinstance(request["stream"], bool):
-            raise InvalidRequest("stream: must be a boolean")
-        stop_sequences = request.get("stop_sequences") or []
-        if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
-            raise InvalidRequest("stop_sequences: must be a list of strings")
-        q_model = self.models.resolve(model)
-        conversion = convert_request(request, model_id=q_model, origin=self.settings.origin,
-                                     profile_arn=self.settings.profile_arn)
-        self._log_server_tools(conversion.skipped_tools)
-        translator = StreamTranslator(model=model or q_model,
-                                      input_tokens=count_request_tokens(request),
-                                      tool_names=conversion.tool_names,
-                                      thinking=thinking_requested(request),
-                                      stop_sequences=stop_sequences, max_tokens=max_tokens,
+        q_model = self.models.resolve(request.model)
+        body = request.conversion.for_model(q_model, self.settings.profile_arn)
+        self._log_server_tools(request.conversion.skipped_tools)
+        translator = StreamTranslator(model=request.model or q_model,
+                                      input_tokens=count_request_tokens(request.payload),
+                                      tool_names=request.conversion.tool_names,
+                                      thinking=request.thinking,
+                                      stop_sequences=request.stop_sequences, max_tokens=request.max_tokens,
                                       context_window=self.models.context_window(q_model))
-        response = self.client.open(conversion.body)
-        ping = self.settings.ping_interval if request.get("stream") is True else None
+        response = self.client.open(body)
+        ping = self.settings.ping_interval if request.stream else None
         return translate(translator, self.client.events(response, ping_interval=ping))
+
+    def validate(self, payload: dict) -> MessageRequest:
+        """The validation step of every Messages endpoint, with this proxy's `origin`."""
+        return validate_request(payload, origin=self.settings.origin)
 
     def _log_server_tools(self, kinds: list[str]) -> None:
         """Q runs no server tools (web search...): say so once per kind, not per request."""

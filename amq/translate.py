@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import secrets
 import string
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
-from .errors import ProxyError
 from .tokencount import CHARS_PER_TOKEN, estimate_tokens
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -83,11 +82,6 @@ class StreamTranslator:
                        "usage": usage})
         events.append({"type": "message_stop"})
         return events
-
-    @staticmethod
-    def error(exc: ProxyError) -> dict:
-        """The in-stream error event; the stream ends after it, without message_stop."""
-        return {"type": "error", "error": {"type": exc.error_type, "message": exc.message}}
 
     def output_tokens(self) -> int:
         reported = self._usage_from_q.get("output_tokens")

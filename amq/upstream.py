@@ -9,23 +9,52 @@ import socket
 import threading
 import time
 import uuid
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import TYPE_CHECKING
 
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure,
-                     is_invalid_bearer, map_upstream_error, parse_upstream_error)
+from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import QModel
-from .tokens import TokenManager
+from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
+
+if TYPE_CHECKING:
+    from .tokens import TokenManager
 
 logger = logging.getLogger(__name__)
 
 RPC_TARGET = "AmazonCodeWhispererStreamingService.GenerateAssistantResponse"
 LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
 MAX_ERROR_BODY = 64 * 1024
+# What the HTTP stack raises when the network fails: requests' own, urllib3's when iter_content
+# or read1 surface them, and the socket's.
+TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
+
+
+@contextmanager
+def transport_errors(url: str, *, mid_answer: bool = False) -> Iterator[None]:
+    """The one place where network failures become ours, as requests' HTTPAdapter.send turns
+    urllib3's into its own: 502 when Q cannot be reached or the connection breaks, 504 when
+    it is too slow. `mid_answer`: Q had begun to answer, so nothing may be retried."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as exc:
+        kind = type(exc).__name__
+        if mid_answer:
+            if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
+                    or "timed out" in str(exc).lower():
+                raise GatewayTimeout("Amazon Q stopped sending before the answer was complete "
+                                     "(read timeout)") from None
+            raise BadGateway(f"the connection to Amazon Q broke mid-answer ({kind})") from None
+        if isinstance(exc, requests.ConnectTimeout):
+            raise BadGateway(f"cannot reach Amazon Q at {url} (connect timeout)") from None
+        if isinstance(exc, requests.Timeout):
+            raise GatewayTimeout("Amazon Q did not answer in time") from None
+        raise BadGateway(f"cannot reach Amazon Q at {url} ({kind})") from None
 
 
 def new_session(pool_size: int = 1000) -> requests.Session:
@@ -63,7 +92,7 @@ class QClient:
         self.max_attempts = max_attempts
         self.retry_budget = retry_budget
         self._clock = clock
-        self._sleep = sleep  # cooperative under gevent
+        self.sleep = sleep  # cooperative under gevent; a test may replace it
 
     def open(self, body: dict) -> requests.Response:
         """POST GenerateAssistantResponse; return the 200 response, body unread.
@@ -73,7 +102,8 @@ class QClient:
         return self._call(self.url, body, self._headers, stream=True)
 
     def list_models(self, origin: str, profile_arn: str = "") -> tuple[list[QModel], str | None]:
-        """ListAvailableModels, all pages (spec 5.1): the models and the account's default."""
+        """ListAvailableModels, all pages (docs/amazon-q-api.md, "Models"): the models and the
+        account's default."""
         headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
         url = self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/"
         models, default, next_token = [], None, None
@@ -118,7 +148,7 @@ class QClient:
                     raise
                 logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
                             attempt, attempts, delay)
-                self._sleep(delay)
+                self.sleep(delay)
         raise AssertionError("unreachable")
 
     def _attempt(self, url: str, data: bytes, headers: dict, stream: bool,
@@ -143,14 +173,8 @@ class QClient:
     def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool,
               timeout: tuple[float, float]) -> requests.Response:
         headers = dict(headers, Authorization=f"Bearer {token}")
-        try:
+        with transport_errors(url):
             return self.session.post(url, data=data, headers=headers, stream=stream, timeout=timeout)
-        except requests.ConnectTimeout:
-            raise BadGateway(f"cannot reach Amazon Q at {url} (connect timeout)") from None
-        except requests.Timeout:
-            raise GatewayTimeout("Amazon Q did not answer in time") from None
-        except requests.RequestException as exc:
-            raise BadGateway(f"cannot reach Amazon Q at {url} ({type(exc).__name__})") from None
 
     def events(self, response: requests.Response,
                ping_interval: float | None = None) -> Iterator[list[tuple[str, dict]] | None]:
@@ -167,28 +191,24 @@ class QClient:
         chunks = _chunks_with_pings(response, ping_interval) if ping_interval else \
             _body_chunks(response)
         try:
-            for chunk in chunks:
-                if chunk is None:
-                    yield None
-                    continue
-                batch = []
-                try:
-                    for message in decoder.feed(chunk):
-                        batch.append(_event(message))
-                except ProxyError:
+            with transport_errors(self.url, mid_answer=True):
+                for chunk in chunks:
+                    if chunk is None:
+                        yield None
+                        continue
+                    batch = []
+                    try:
+                        for message in decoder.feed(chunk):
+                            batch.append(_event(message))
+                    except ProxyError:
+                        if batch:
+                            yield batch  # what came before an error frame still reaches the client
+                        raise
                     if batch:
-                        yield batch  # what came before an error frame still reaches the client
-                    raise
-                if batch:
-                    yield batch
-            decoder.finish()
+                        yield batch
+                decoder.finish()
         except EventStreamError as exc:
             raise UpstreamFailure(f"Amazon Q sent a corrupt event stream: {exc}") from None
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            if "timed out" in str(exc).lower():
-                raise GatewayTimeout("Amazon Q stopped sending before the answer was complete "
-                                     "(read timeout)") from None
-            raise BadGateway(f"the connection to Amazon Q broke mid-answer ({type(exc).__name__})") from None
         finally:
             close = getattr(chunks, "close", None)
             if close is not None:
@@ -209,7 +229,7 @@ def _body_chunks(response: requests.Response) -> Iterator[bytes]:
         yield from response.iter_content(chunk_size=None)
         return
     while True:
-        data = response.raw.read1(64 * 1024)  # urllib3 errors: caught by the caller
+        data = response.raw.read1(64 * 1024)  # urllib3 errors: see transport_errors
         if not data:
             return
         yield data
@@ -278,10 +298,8 @@ def _shutdown_socket(response: requests.Response) -> None:
     connection = getattr(response.raw, "connection", None)
     sock = getattr(connection, "sock", None)
     if sock is not None:
-        try:
+        with suppress(OSError):
             sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
 
 def _read_limited(response: requests.Response) -> bytes:
@@ -304,14 +322,7 @@ def _event(message) -> tuple[str, dict]:
         except ValueError:
             raise UpstreamFailure("Amazon Q sent an event whose payload is not JSON") from None
         return headers.get(":event-type", ""), payload if isinstance(payload, dict) else {}
-    if kind == "exception":
-        code, reason, text = parse_upstream_error(500, message.payload, {})
-        exception_type = str(headers.get(":exception-type", ""))
-        if exception_type and exception_type != "error":
-            code = exception_type
-        raise map_upstream_error(500, code or "InternalServerException", reason, text)
-    if kind == "error":
-        raise map_upstream_error(500, str(headers.get(":error-code", "InternalServerException")),
-                                 "", str(headers.get(":error-message", "")))
+    if kind in ("exception", "error"):
+        raise error_frame(headers, message.payload)
     raise UpstreamFailure(f"Amazon Q sent a frame of unknown message type {kind!r}")
 

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from itertools import chain
-from typing import Iterator
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
-from .convert import convert_request
-from .errors import InvalidRequest, NotFound, ProxyError, RequestTooLarge
+from .errors import INTERNAL_ERROR, InvalidRequest, NotFound, ProxyError, RequestTooLarge
 from .message import collect_message
+from .sse import error_event, format_event
 from .tokencount import count_request_tokens
-from .sse import format_event
-from .translate import StreamTranslator
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
@@ -68,12 +66,10 @@ def _sse(batches: Iterator[list[dict]], request_id: str) -> Iterator[bytes]:
             yield b"".join(map(format_event, batch))
     except ProxyError as exc:
         logger.warning("stream %s ended by %s: %s", request_id, exc.error_type, exc.message)
-        yield format_event(dict(StreamTranslator.error(exc), request_id=request_id))
+        yield error_event(exc, request_id)
     except Exception:  # noqa: BLE001 - the client must still get an error event
         logger.exception("unexpected failure while streaming %s", request_id)
-        yield format_event({"type": "error", "error": {"type": "api_error",
-                                                       "message": "internal error in amq"},
-                            "request_id": request_id})
+        yield error_event(ProxyError(INTERNAL_ERROR), request_id)
     finally:
         batches.close()  # closes the upstream response, also when the client went away
 
@@ -84,7 +80,8 @@ def create_message():
     payload = _json_object()
     g.model = payload.get("model")
     g.streamed = payload.get("stream") is True
-    events = _proxy().open_message(payload)
+    message = _proxy().validate(payload)
+    events = _proxy().open_message(message)
     if g.streamed:
         return Response(_sse(events, g.request_id), status=200, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -98,7 +95,7 @@ def create_message():
 def count_tokens():
     """Estimated input tokens of a Messages request (see README: how close it is)."""
     payload = _json_object()
-    convert_request(payload, model_id="count-only")  # the same validation as a real call
+    _proxy().validate(payload)  # what /v1/messages would refuse, this refuses too
     return jsonify({"input_tokens": count_request_tokens(payload)})
 
 

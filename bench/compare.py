@@ -21,8 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
-from _common import BENCH, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, need_tool
+import common  # noqa: F401  (puts the repo root on sys.path)
+from common import BENCH, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, need_tool
 
 
 def main(argv=None) -> int:
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
     parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for every amq")
     args = parser.parse_args(argv)
     wrk = need_tool("wrk")
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     workdir = Path(tempfile.mkdtemp(prefix="amq-compare-"))
     body, headers = workdir / "body.json", workdir / "headers.txt"
     body.write_text(json.dumps(SMALL_REQUEST))
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
                     cpu = cpu_seconds(amq.worker_pid) - cpu0
                 finally:
                     amq.stop()
-                line = next(l for l in out.stdout.splitlines() if l.startswith("BENCHJSON "))
+                line = next(text for text in out.stdout.splitlines() if text.startswith("BENCHJSON "))
                 raw = json.loads(line[len("BENCHJSON "):])
                 rps = raw["requests"] / (raw["duration_us"] / 1e6)
                 bad = raw["bad_answers"] + sum(raw["errors"].values())

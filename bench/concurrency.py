@@ -28,11 +28,20 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+import common  # noqa: E402,F401  (puts the repo root on sys.path)
 import gevent  # noqa: E402
-
-import _common  # noqa: E402,F401  (puts the repo root on sys.path)
-from _common import (SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine,  # noqa: E402
-                     percentile, rss_kib, save, verdict)
+from common import (  # noqa: E402
+    SMALL_REQUEST,
+    AmqProcess,
+    FastQProcess,
+    cpu_seconds,
+    loadavg,
+    machine,
+    percentile,
+    rss_kib,
+    save,
+    verdict,
+)
 
 TARGET_STREAMS = 1000
 TARGET_KB_PER_STREAM = 100
@@ -182,14 +191,16 @@ def main(argv=None) -> int:
                         help="rounds of N streams on the same worker (default 2: the second shows "
                              "connection reuse and whether memory comes back)")
     args = parser.parse_args(argv)
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
-    print(f"concurrency bench  {info['date']}  amq {info['amq']}  python {info['python']}  load {info['loadavg_start']}")
+    print(f"concurrency bench  {info['date']}  amq {info['amq']}  python {info['python']}  "
+          f"load {info['loadavg_start']}")
     levels = []
     for streams in args.streams:
         r = run_level(streams, args.delay, args.warmups, args.waves)
         levels.append(r)
-        print(f"  N={streams}: RSS after warm-up {r['rss_base_kib'] / 1024:.1f} MiB, peak {r['rss_peak_kib'] / 1024:.1f} MiB"
+        print(f"  N={streams}: RSS after warm-up {r['rss_base_kib'] / 1024:.1f} MiB, "
+              f"peak {r['rss_peak_kib'] / 1024:.1f} MiB"
               f" -> {r['kib_per_stream']:.1f} KiB per stream  (load {r['loadavg']})", flush=True)
         for i, w in enumerate(r["waves"], 1):
             print(f"    wave {i}: completed {w['completed']}/{streams}, open at once {w['open_peak']},"
@@ -212,7 +223,7 @@ def main(argv=None) -> int:
           f" {kb:.1f} KB/stream  {verdict(ok)}")
     info["loadavg_end"] = loadavg()
     path = save("concurrency", {"machine": info, "args": vars(args), "levels": levels, "pass": ok})
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

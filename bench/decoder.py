@@ -21,13 +21,13 @@ import random
 import sys
 import time
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
-from _common import machine, save, verdict
+import common  # noqa: F401  (puts the repo root on sys.path)
 from botocore.eventstream import EventStreamBuffer
+from common import machine, save, verdict
 
 from amq.eventstream import EventStreamDecoder
 from tests.eventstream_encode import encode_event
-from tests.fakeq import _chunk_size, typical_reply
+from tests.fakeq import chunk_size, typical_reply
 
 TARGET_RATIO = 2.0
 
@@ -53,7 +53,7 @@ def split_uneven(data: bytes, seed: int = 7) -> list[bytes]:
     rng = random.Random(seed)
     out, pos = [], 0
     while pos < len(data):
-        step = _chunk_size(rng)
+        step = chunk_size(rng)
         out.append(data[pos:pos + step])
         pos += step
     return out
@@ -153,10 +153,10 @@ def main(argv=None) -> int:
     ok = typical_ratio >= TARGET_RATIO
     print(f"\ntarget: amq >= {TARGET_RATIO:.0f}x botocore on the typical answer -> "
           f"{typical_ratio:.2f}x (worst of frame/uneven chunks)  {verdict(ok)}")
-    info["loadavg_end"] = _common.loadavg()
+    info["loadavg_end"] = common.loadavg()
     path = save("decoder", {"machine": info, "args": vars(args), "workloads": rows,
                             "typical_ratio": typical_ratio, "target_ratio": TARGET_RATIO, "pass": ok})
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     if args.profile:
         profile(workloads()["typical/frame"][0])
     return 0

@@ -31,10 +31,22 @@ import tempfile
 import time
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
+import common  # noqa: F401  (puts the repo root on sys.path)
 import requests
-from _common import (ANTHROPIC_HEADERS, BENCH, REQUESTS, AmqProcess, FastQProcess, cpu_seconds,
-                     loadavg, machine, need_tool, percentile, save, verdict)
+from common import (
+    ANTHROPIC_HEADERS,
+    BENCH,
+    REQUESTS,
+    AmqProcess,
+    FastQProcess,
+    cpu_seconds,
+    loadavg,
+    machine,
+    need_tool,
+    percentile,
+    save,
+    verdict,
+)
 
 from tests.fakeq import GAR_TARGET
 
@@ -86,7 +98,7 @@ def run_wrk(wrk: str, target: Target, concurrency: int, duration: float, pids: d
     children_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 60)
     children_after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    line = next((l for l in out.stdout.splitlines() if l.startswith("BENCHJSON ")), None)
+    line = next((text for text in out.stdout.splitlines() if text.startswith("BENCHJSON ")), None)
     if line is None:
         raise SystemExit(f"wrk failed:\n{out.stdout}\n{out.stderr}")
     raw = json.loads(line[len("BENCHJSON "):])
@@ -140,7 +152,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     wrk, hey = need_tool("wrk"), need_tool("hey")
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
     print(f"end-to-end bench  {info['date']}  amq {info['amq']}  python {info['python']}  {info['cpus']} cpus  "
           f"load {info['loadavg_start']}  upstream {args.upstream}  request {args.request}"
@@ -151,7 +163,7 @@ def main(argv=None) -> int:
     try:
         amq = AmqProcess(fake, cpus="1" if args.pin else None, app_dir=args.app_dir)
         if args.pin:  # the load generators inherit this
-            subprocess.run(["taskset", "-pc", "0", str(_common.os.getpid())], check=True,
+            subprocess.run(["taskset", "-pc", "0", str(common.os.getpid())], check=True,
                            stdout=subprocess.DEVNULL)
         request = REQUESTS[args.request]
         direct = Target("direct", fake.url + "/", q_body(request),
@@ -213,7 +225,7 @@ def main(argv=None) -> int:
     info["loadavg_end"] = loadavg()
     path = save(f"end_to_end{'' if args.upstream == 'fastq' else '-' + args.upstream}"
                 f"{'' if args.request == 'small' else '-' + args.request}{'-pinned' if args.pin else ''}", results)
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

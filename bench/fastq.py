@@ -24,8 +24,8 @@ import signal
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import gevent
 import gevent.event

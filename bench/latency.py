@@ -25,12 +25,10 @@ import socket  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 
+import common  # noqa: E402,F401  (puts the repo root on sys.path)
 import gevent  # noqa: E402
 import gevent.pool  # noqa: E402
-
-import _common  # noqa: E402,F401  (puts the repo root on sys.path)
-from _common import (SMALL_REQUEST, AmqProcess, loadavg, machine, percentile, save,  # noqa: E402
-                     verdict)
+from common import SMALL_REQUEST, AmqProcess, loadavg, machine, percentile, save, verdict  # noqa: E402
 from fastq import FastQ, numbered_frames  # noqa: E402
 
 from tests.fakeq import GAR_TARGET  # noqa: E402
@@ -142,7 +140,8 @@ def main(argv=None) -> int:
         results = {}
         for kind, port in (("direct", fake.server.port), ("amq", amq.port)):
             results[kind] = r = measure(fake, kind, port, args.streams, args.concurrency, args.frames)
-            print(f"  {kind:>6}: {r['samples']} frames  delay p50 {r['delay_ms']['p50']:.3f}  p90 {r['delay_ms']['p90']:.3f}"
+            print(f"  {kind:>6}: {r['samples']} frames  delay p50 {r['delay_ms']['p50']:.3f}  "
+                  f"p90 {r['delay_ms']['p90']:.3f}"
                   f"  p99 {r['delay_ms']['p99']:.3f}  max {r['delay_ms']['max']:.3f} ms   first byte"
                   f" {r['first_byte_before_first_frame_ms']['p50']:.1f} ms before the first frame", flush=True)
         warnings = amq.warnings()
@@ -161,7 +160,7 @@ def main(argv=None) -> int:
     info["loadavg_end"] = loadavg()
     path = save("latency", {"machine": info, "args": vars(args), "results": results,
                             "added_p50_ms": added, "worst_ms": worst, "pass": ok})
-    print(f"results: {path.relative_to(_common.ROOT)}  (load at end {info['loadavg_end']})")
+    print(f"results: {path.relative_to(common.ROOT)}  (load at end {info['loadavg_end']})")
     return 0
 
 

@@ -26,9 +26,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
-from _common import (BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg,
-                     machine, need_tool)
+import common  # noqa: F401  (puts the repo root on sys.path)
+from common import BENCH, RESULTS, SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, need_tool
 
 # (stage, markers): a sample belongs to the first stage of this list that has a marker in the
 # sample's stack (a marker starts a frame's "function (file" text, or, in parentheses, is part
@@ -98,7 +97,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     wrk = need_tool("wrk")
     pyspy = shutil.which("py-spy") or sys.exit("py-spy is needed: pip install -r bench/requirements.txt")
-    _common.raise_fd_limit()
+    common.raise_fd_limit()
     info = machine()
     workdir = Path(tempfile.mkdtemp(prefix="amq-prof-"))
     body, headers = workdir / "body.json", workdir / "headers.txt"
@@ -112,30 +111,31 @@ def main(argv=None) -> int:
     try:
         amq = AmqProcess(fake, cpus="1" if args.pin else None, app_dir=args.app_dir)
         if args.pin:  # wrk inherits this
-            subprocess.run(["taskset", "-pc", "0", str(_common.os.getpid())], check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(["taskset", "-pc", "0", str(common.os.getpid())], check=True, stdout=subprocess.DEVNULL)
         lua = [str(BENCH / "stream.lua"), amq.url + "/v1/messages", "--", "sse", str(body), str(headers)]
         subprocess.run([wrk, "-t1", "-c10", "-d2s", "-s", *lua], capture_output=True)  # warm-up
         load = wrk_load = loadavg()
         load_proc = subprocess.Popen([wrk, "-t1", f"-c{args.concurrency}", f"-d{args.duration + 4:g}s",
                                       "--timeout", "60s", "-s", *lua], stdout=subprocess.PIPE, text=True)
         time.sleep(2)  # let the load settle before sampling
-        cpu0, split0 = cpu_seconds(amq.worker_pid), _common.cpu_split(amq.worker_pid)
+        cpu0, split0 = cpu_seconds(amq.worker_pid), common.cpu_split(amq.worker_pid)
         spy = subprocess.run([pyspy, "record", "--nonblocking", "--format", "raw", "--rate", str(args.rate),
                               "--duration", f"{args.duration:g}", "-o", str(raw), "-p", str(amq.worker_pid)],
                              capture_output=True, text=True)
         cpu = cpu_seconds(amq.worker_pid) - cpu0
-        user, system = (b - a for a, b in zip(split0, _common.cpu_split(amq.worker_pid)))
+        user, system = (b - a for a, b in zip(split0, common.cpu_split(amq.worker_pid), strict=False))
         out, _ = load_proc.communicate(timeout=args.duration + 120)
         if spy.returncode != 0:
             raise SystemExit(f"py-spy failed:\n{spy.stderr}")
-        wrk_load = next((json.loads(l[10:]) for l in out.splitlines() if l.startswith("BENCHJSON ")), {})
+        wrk_load = next((json.loads(text[10:]) for text in out.splitlines() if text.startswith("BENCHJSON ")), {})
     finally:
         if amq is not None:
             amq.stop()
         fake.stop()
     summary = summarise(raw)
     rps = wrk_load.get("requests", 0) / max(1e-9, wrk_load.get("duration_us", 1) / 1e6)
-    print(f"profile of amq's worker  {info['date']}  amq {info['amq']}  c={args.concurrency} delay={args.delay:g}s  load {load}")
+    print(f"profile of amq's worker  {info['date']}  amq {info['amq']}  c={args.concurrency} "
+          f"delay={args.delay:g}s  load {load}")
     print(f"  {rps:,.0f} req/s during the run; worker CPU {cpu:.1f} s in {args.duration:g} s sampled"
           f" ({100 * cpu / args.duration:.0f}% of a core: user {user:.1f} s, kernel {system:.1f} s);"
           f" {summary['samples']} samples (busy only)")
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     (RESULTS / f"profile-amq-{label}.json").write_text(json.dumps(
         {"machine": info, "args": vars(args), "rps": rps, "worker_cpu_s": cpu,
          "worker_user_s": user, "worker_kernel_s": system, **summary}, indent=2))
-    print(f"\ncollapsed stacks: {raw.relative_to(_common.ROOT)}")
+    print(f"\ncollapsed stacks: {raw.relative_to(common.ROOT)}")
     return 0
 
 

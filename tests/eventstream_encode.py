@@ -1,12 +1,16 @@
 """Encodes AWS event-stream frames; test-side only (amq itself never writes frames)."""
 from __future__ import annotations
 
+import datetime
 import json
 import struct
 import uuid
 import zlib
 
-# Header type codes (spec section 3.2).
+# Event-stream timestamps count milliseconds from here.
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+
+# Header type codes (docs/event-stream.md, "Headers").
 _BOOL_TRUE, _BOOL_FALSE, _BYTE, _SHORT, _INT, _LONG, _BYTES, _STRING, _TIMESTAMP, _UUID = range(10)
 
 
@@ -70,3 +74,16 @@ def encode_exception(exception_type: str, message: str, reason: str | None = Non
 def encode_error(code: str, message: str) -> bytes:
     """An unmodeled in-stream error (`:message-type: error`)."""
     return encode_message({":message-type": "error", ":error-code": code, ":error-message": message})
+
+
+def botocore_headers(headers: dict) -> dict:
+    """amq's decoded header values in botocore's shapes: timestamps as int ms, uuids as 16 raw
+    bytes (for comparing the two decoders)."""
+    out = {}
+    for name, value in headers.items():
+        if isinstance(value, datetime.datetime):
+            value = (value - EPOCH) // datetime.timedelta(milliseconds=1)
+        elif isinstance(value, uuid.UUID):
+            value = value.bytes
+        out[name] = value
+    return out

@@ -1,12 +1,13 @@
 """A strict local fake of Amazon Q's GenerateAssistantResponse and the SSO-OIDC token endpoint.
 
 The fake exists so amq's tests meet an upstream at least as picky as the real one
-(spec: /work/shared/spec/amazon-q.md, sections 1.3-1.6a for the body rules, 2-3 for the
-stream, 4 for /token, 5 for ListAvailableModels). Tests script the answers with the reply
-builders (`text_reply`, `tool_reply`, `events_reply`, `raw_reply`, `http_error`) and inspect
-what amq sent through `FakeQ.requests`, `FakeQ.token_requests` and `FakeQ.rejections`.
+(docs/amazon-q-api.md: "Request body" and "Conversation rules" for the body, "Response stream",
+"Errors" and docs/event-stream.md for the answer, "Models" for ListAvailableModels;
+docs/oidc.md for /token). Tests script the answers with the reply builders (`text_reply`,
+`tool_reply`, `events_reply`, `raw_reply`, `http_error`) and inspect what amq sent through
+`FakeQ.requests`, `FakeQ.token_requests` and `FakeQ.rejections`.
 
-The OIDC side (spec 4) has RegisterClient, StartDeviceAuthorization and CreateToken for the
+The OIDC side (docs/oidc.md) has RegisterClient, StartDeviceAuthorization and CreateToken for the
 refresh-token and device-code grants. Refresh tokens rotate at every refresh (the old one stops
 working at once, also when the client never reads the answer); the device flow answers
 authorization_pending until `approve(user_code)`, slow_down to polls faster than the interval,
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import random
@@ -54,9 +56,9 @@ IMPROPER = "Improperly formed request."
 TOO_LONG = "Input is too long."
 INVALID_MODEL = "Invalid model. Please select a different model to continue the conversation."
 BAD_BEARER = "The bearer token included in the request is invalid."
-MAX_BODY_BYTES = 2_000_000  # whole-request ceiling is UNCONFIRMED (spec 1.5); generous on purpose
+MAX_BODY_BYTES = 2_000_000  # whole-request ceiling is UNCONFIRMED (docs/amazon-q-api.md, "Limits"); generous
 
-# Field lists from spec 1.3; anything else is rejected.
+# Field lists from docs/amazon-q-api.md, "Request body"; anything else is rejected.
 TOP_KEYS = {"conversationState", "profileArn", "agentMode"}
 STATE_KEYS = {"conversationId", "workspaceId", "history", "currentMessage", "chatTriggerType",
               "customizationArn", "agentContinuationId", "agentTaskType"}
@@ -112,7 +114,7 @@ def _check_keys(obj, allowed: set, where: str):
 
 
 def _union(obj, members: set, where: str) -> tuple[str, object]:
-    """Unions are objects with exactly one member key (spec 1.3)."""
+    """Unions are objects with exactly one member key (docs/amazon-q-api.md, "Request body")."""
     _require(isinstance(obj, dict) and len(obj) == 1 and next(iter(obj)) in members,
              f"{where} must be exactly one of {sorted(members)}")
     key = next(iter(obj))
@@ -305,7 +307,8 @@ def _check_assistant(msg, where):
 
 
 def _check_tool_pairing(turns):
-    """Spec 1.6 rules 1-3: tool uses and results pair up across adjacent turns, names come from `tools`."""
+    """Tool uses and results pair up across adjacent turns, names come from `tools` (rules 1-3
+    of docs/amazon-q-api.md, "Conversation rules")."""
     current_ctx = turns[-1][1].get("userInputMessageContext", {})
     names = {t["toolSpecification"]["name"] for t in current_ctx.get("tools", []) if "toolSpecification" in t}
     all_ids = set()
@@ -326,7 +329,8 @@ def _check_tool_pairing(turns):
         for result in results:
             rid = result["toolUseId"]
             _require(rid not in answered, f"{where} answers toolUseId {rid!r} twice")
-            _require(rid in pending, f"{where} has a toolResult {rid!r} that answers no toolUse of the preceding assistant message")
+            _require(rid in pending, f"{where} has a toolResult {rid!r} that answers no toolUse "
+                                     "of the preceding assistant message")
             answered.add(rid)
         missing = sorted(set(pending) - answered)
         _require(not missing, f"{where} lacks toolResults for toolUseIds {missing} of the preceding assistant message")
@@ -385,7 +389,8 @@ def text_reply(text: str, *, chunks: int = 3, **options) -> Reply:
 
 def tool_reply(name: str, input: dict, *, tool_use_id: str | None = None, text: str | None = None,
                fragments: int = 3, **options) -> Reply:
-    """Metadata, optional text, then one tool call streamed as string fragments (spec 2.4)."""
+    """Metadata, optional text, then one tool call streamed as string fragments
+    (docs/amazon-q-api.md, "Response stream")."""
     tool_use_id = tool_use_id or "tooluse_" + uuid.uuid4().hex[:22]
     items = [_METADATA]
     if text:
@@ -415,7 +420,7 @@ def raw_reply(frames: list[bytes], **options) -> Reply:
 
 def http_error(status: int, error_type: str, message: str, reason: str | None = None,
                headers: dict | None = None, **options) -> Reply:
-    """A JSON error response shaped like the service's (spec 2.5)."""
+    """A JSON error response shaped like the service's (docs/amazon-q-api.md, "Errors")."""
     body = {"__type": f"com.amazon.aws.codewhisperer#{error_type}", "message": message, "reason": reason}
     all_headers = {"x-amzn-errortype": error_type + CW_ERROR_SUFFIX, **(headers or {})}
     return Reply(status=status, error_body=body, headers=all_headers, **options)
@@ -452,7 +457,7 @@ class _HeaderDict(dict):
 
 
 DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
-# OAuth error code -> (HTTP status, exception name, description); shapes per spec 4.3.
+# OAuth error code -> (HTTP status, exception name, description); shapes per docs/oidc.md.
 OIDC_ERRORS = {
     "authorization_pending": (400, "AuthorizationPendingException", "Authorization is still pending"),
     "slow_down": (400, "SlowDownException", "Client is polling too quickly"),
@@ -505,7 +510,8 @@ class FakeQ:
         self.device_authorizations: list[dict] = []
         self.token_log: list[dict] = []  # {"at": monotonic, "grantType", "error" or None}
         self.bearer_rejections = 0
-        self._clients: dict[str, tuple[str, float]] = {self.client_id: (self.client_secret, time.time() + self.client_secret_ttl)}
+        self._clients: dict[str, tuple[str, float]] = {
+            self.client_id: (self.client_secret, time.time() + self.client_secret_ttl)}
         self._grants: dict[str, str] = {self.refresh_token: self.client_id}  # valid refresh token -> client
         self._devices: dict[str, dict] = {}
         self.closed_early = 0
@@ -536,10 +542,8 @@ class FakeQ:
         with self._lock:
             conns = list(self._connections)
         for conn in conns:  # wakes handlers blocked on idle keep-alive reads
-            try:
+            with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         self._server.server_close()
         self._thread.join(5)
         self._server = None
@@ -559,6 +563,15 @@ class FakeQ:
         return self.url + "token"
 
     # scripting and tokens
+    def reset(self) -> FakeQ:
+        """Empty the script and the request logs, so a shared fake starts each test clean."""
+        with self._lock:
+            self._script.clear()
+        self.requests.clear()
+        self.rejections.clear()
+        self.token_requests.clear()
+        return self
+
     def enqueue(self, *replies: Reply):
         with self._lock:
             self._script.extend(replies)
@@ -596,7 +609,7 @@ class FakeQ:
         return secret == body["clientSecret"] and expires > time.time()
 
     def register_client(self, body) -> tuple[int, dict, dict]:
-        """RegisterClient (spec 4.1): a public client for the device flow."""
+        """RegisterClient (docs/oidc.md): a public client for the device flow."""
         if isinstance(body, dict) and set(body) - REGISTER_KEYS:
             return _oidc_error(400, "InvalidRequestException", "invalid_request",
                                f"Unknown keys {sorted(set(body) - REGISTER_KEYS)}")
@@ -615,7 +628,7 @@ class FakeQ:
                      "clientSecretExpiresAt": int(now + self.client_secret_ttl)}, {}
 
     def start_device_authorization(self, body) -> tuple[int, dict, dict]:
-        """StartDeviceAuthorization (spec 4.1)."""
+        """StartDeviceAuthorization (docs/oidc.md)."""
         error = self._check_body(body, ("clientId", "clientSecret", "startUrl"))
         if error:
             return error
@@ -645,7 +658,7 @@ class FakeQ:
         raise KeyError(user_code)
 
     def create_token(self, body) -> tuple[int, dict, dict]:
-        """CreateToken (spec 4.1-4.3): (status, json body, extra headers); logged in token_log."""
+        """CreateToken (docs/oidc.md): (status, json body, extra headers); logged in token_log."""
         status, payload, headers = self._create_token(body)
         with self._lock:
             self.token_log.append({"at": time.monotonic(), "grantType": (body or {}).get("grantType")
@@ -726,14 +739,17 @@ class FakeQ:
             return refresh_token in self._grants
 
     def list_models(self, body) -> tuple[int, dict]:
-        """ListAvailableModels with nextToken pagination (spec 5.1)."""
-        if not isinstance(body, dict) or set(body) - {"origin", "maxResults", "nextToken", "profileArn", "modelProvider"}:
-            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER, "reason": None}
+        """ListAvailableModels with nextToken pagination (docs/amazon-q-api.md, "Models")."""
+        if not isinstance(body, dict) or set(body) - {"origin", "maxResults", "nextToken", "profileArn",
+                                                      "modelProvider"}:
+            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER,
+                         "reason": None}
         size = body.get("maxResults", 100)
         start = body.get("nextToken", "0")
         if (body.get("origin", "CLI") not in ORIGINS or not isinstance(size, int) or not 1 <= size <= 100
                 or not isinstance(start, str) or not start.isdigit() or int(start) > len(self.models)):
-            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER, "reason": None}
+            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER,
+                         "reason": None}
         start = int(start)
         page = [{"modelId": m, "modelName": m, "description": f"Fake {m}",
                  "tokenLimits": {"maxInputTokens": 200000, "maxOutputTokens": 64000},
@@ -749,7 +765,8 @@ def _token(prefix: str) -> str:
 
 
 def _oidc_error(status, exception, code, description):
-    return status, {"error": code, "error_description": description}, {"x-amzn-ErrorType": exception + OIDC_ERROR_SUFFIX}
+    return (status, {"error": code, "error_description": description},
+            {"x-amzn-ErrorType": exception + OIDC_ERROR_SUFFIX})
 
 
 class _ClientGone(Exception):
@@ -768,10 +785,8 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self):
         with self.fake._lock:
             self.fake._connections.discard(self.connection)
-        try:
+        with contextlib.suppress(OSError):
             super().finish()
-        except OSError:
-            pass
 
     def log_message(self, fmt, *args):
         logger.debug("fakeq: " + fmt, *args)
@@ -844,7 +859,8 @@ class _Handler(BaseHTTPRequestHandler):
             if error:
                 self.fake.rejections.append(str(error))
         if error:
-            message = {"CONTENT_LENGTH_EXCEEDS_THRESHOLD": TOO_LONG, "INVALID_MODEL_ID": INVALID_MODEL}.get(error.reason, IMPROPER)
+            message = {"CONTENT_LENGTH_EXCEEDS_THRESHOLD": TOO_LONG,
+                       "INVALID_MODEL_ID": INVALID_MODEL}.get(error.reason, IMPROPER)
             return self._send_error_json(400, "ValidationException", message, error.reason, content_type)
         reply = self.fake.next_reply()
         try:
@@ -913,13 +929,15 @@ class _Handler(BaseHTTPRequestHandler):
         self._send_json(reply.status, reply.error_body, reply.headers, content_type)
 
     def _stream(self, reply: Reply, conversation_id: str | None):
-        """Send the reply's frames as a chunked event stream (spec 2.1), honouring delay/cut_after/hang."""
+        """Send the reply's frames as a chunked event stream (docs/amazon-q-api.md, "Response stream"),
+        honouring delay/cut_after/hang."""
         frames = reply.frames(conversation_id)
         self.send_response(200)
         self.send_header("Content-Type", EVENTSTREAM_CONTENT_TYPE)
         self.send_header("Transfer-Encoding", "chunked")
         self.send_header("x-amzn-requestid", str(uuid.uuid4()))
-        if conversation_id and self.path != "/":  # REST binding maps this header (spec 2.1)
+        # The REST binding's header (docs/amazon-q-api.md, "Response stream").
+        if conversation_id and self.path != "/":
             self.send_header("x-amzn-codewhisperer-conversation-id", conversation_id)
         for name, value in reply.headers.items():
             self.send_header(name, value)
@@ -935,7 +953,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._wait(reply.delay)
             pos = 0
             while pos < len(group):
-                piece = group[pos:pos + _chunk_size(rng)]
+                piece = group[pos:pos + chunk_size(rng)]
                 pos += len(piece)
                 if budget is not None:
                     piece = piece[:budget]
@@ -954,10 +972,8 @@ class _Handler(BaseHTTPRequestHandler):
         """Drop the connection mid-body (no terminating chunk)."""
         self.close_connection = True
         self.wfile.flush()
-        try:
+        with contextlib.suppress(OSError):
             self.connection.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
 
     def _write(self, data: bytes):
         try:
@@ -988,7 +1004,7 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(timeout)  # a pipelined request is waiting; it is not a disconnect
 
 
-def _chunk_size(rng: random.Random) -> int:
+def chunk_size(rng: random.Random) -> int:
     """Uneven sizes: mostly small, sometimes single bytes, sometimes a few hundred."""
     roll = rng.random()
     if roll < 0.15:

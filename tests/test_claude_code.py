@@ -12,11 +12,12 @@ import pytest
 
 from tests.eventstream_encode import encode_exception
 from tests.fakeq import raw_reply, text_reply, tool_reply
+from tests.support import USER_HOME
 
 # 2.1.332 needs node >= 22 by its package metadata, but ships a native binary (npm's optional
 # platform package), so it runs on any node; without the pin npm quietly picks an older one.
 CLAUDE_CODE_VERSION = "2.1.332"
-CACHE = Path(os.environ.get("AMQ_TEST_CACHE", Path.home() / ".cache" / "amq-tests"))
+CACHE = Path(os.environ.get("AMQ_TEST_CACHE", USER_HOME / ".cache" / "amq-tests"))
 NETWORK_ERRORS = ("ENOTFOUND", "EAI_AGAIN", "ETIMEDOUT", "ECONNREFUSED", "ECONNRESET",
                   "network request", "getaddrinfo")
 
@@ -32,9 +33,11 @@ def claude_bin() -> Path:
     if npm is None:
         pytest.skip("npm is not installed, so Claude Code cannot be installed")
     prefix.mkdir(parents=True, exist_ok=True)
+    # npm reads its registry settings from the user's real home (the tests' HOME is empty).
     result = subprocess.run([npm, "install", "--prefix", str(prefix), "--no-audit", "--no-fund",
                              f"@anthropic-ai/claude-code@{CLAUDE_CODE_VERSION}"],
-                            capture_output=True, text=True, timeout=900)
+                            env=dict(os.environ, HOME=str(USER_HOME)), capture_output=True, text=True,
+                            timeout=900)
     if result.returncode != 0:
         if any(marker in result.stderr for marker in NETWORK_ERRORS):
             pytest.skip(f"the npm registry cannot be reached: {result.stderr.strip()[-300:]}")

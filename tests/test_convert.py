@@ -4,9 +4,17 @@ import base64
 
 import pytest
 
-from amq.convert import (CONTEXT_ACK, CONTINUE_PREFILL, EMPTY_USER, MAX_DESCRIPTION,
-                         MISSING_TOOL_RESULT, STUB_TOOL_DESCRIPTION, convert_request, q_tool_name,
-                         q_tool_use_id)
+from amq.convert import (
+    CONTEXT_ACK,
+    CONTINUE_PREFILL,
+    EMPTY_USER,
+    MAX_DESCRIPTION,
+    MISSING_TOOL_RESULT,
+    STUB_TOOL_DESCRIPTION,
+    convert_request,
+    q_tool_name,
+    q_tool_use_id,
+)
 from amq.errors import InvalidRequest
 from tests.fakeq import DEFAULT_MODELS, validate_request
 

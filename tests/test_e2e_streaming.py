@@ -5,9 +5,9 @@ import anthropic
 import pytest
 import requests
 
-from tests.conftest import sse_events
 from tests.eventstream_encode import encode_event, encode_exception
 from tests.fakeq import events_reply, http_error, raw_reply, text_reply, tool_reply
+from tests.support import sse_events
 
 BASH = {"name": "Bash", "description": "Run a shell command",
         "input_schema": {"type": "object", "properties": {"command": {"type": "string"}},
@@ -121,10 +121,9 @@ def test_expired_access_token_is_refreshed_once_and_the_call_retried(anthropic_c
 
 def test_upstream_validation_error_is_an_ordinary_http_error(anthropic_client, fake_q):
     fake_q.enqueue(http_error(400, "ValidationException", "Improperly formed request."))
-    with pytest.raises(anthropic.BadRequestError) as info:
-        with anthropic_client.messages.stream(model="claude-sonnet-4-5", max_tokens=10,
-                                              messages=[{"role": "user", "content": "hi"}]) as stream:
-            stream.get_final_message()
+    with pytest.raises(anthropic.BadRequestError) as info, anthropic_client.messages.stream(
+            model="claude-sonnet-4-5", max_tokens=10, messages=[{"role": "user", "content": "hi"}]) as stream:
+        stream.get_final_message()
     assert info.value.status_code == 400
     assert info.value.body["error"]["type"] == "invalid_request_error"
     assert "Improperly formed request." in info.value.body["error"]["message"]
@@ -177,10 +176,9 @@ def test_cut_connection_ends_with_error_event(amq_server, fake_q):
 
 def test_sdk_raises_on_in_stream_error(anthropic_client, fake_q):
     fake_q.enqueue(raw_reply([encode_exception("error", "boom")]))
-    with pytest.raises(anthropic.APIStatusError):
-        with anthropic_client.messages.stream(model="m", max_tokens=5,
-                                              messages=[{"role": "user", "content": "hi"}]) as stream:
-            stream.get_final_message()
+    with pytest.raises(anthropic.APIStatusError), anthropic_client.messages.stream(model="m", max_tokens=5,
+                                          messages=[{"role": "user", "content": "hi"}]) as stream:
+        stream.get_final_message()
 
 
 def test_unknown_events_are_skipped_end_to_end(anthropic_client, fake_q):

@@ -26,12 +26,17 @@ from amq.eventstream import (
     Message,
     TruncatedStream,
 )
-from tests.eventstream_encode import encode_error, encode_event, encode_exception, encode_message
+from tests.eventstream_encode import (
+    botocore_headers,
+    encode_error,
+    encode_event,
+    encode_exception,
+    encode_message,
+)
 
-UTC = datetime.timezone.utc
-EPOCH = datetime.datetime(1970, 1, 1, tzinfo=UTC)
+UTC = datetime.UTC
 
-# Spec 3.6: the worked example, byte for byte.
+# The worked example of docs/event-stream.md, byte for byte.
 WORKED_EXAMPLE = bytes.fromhex(
     "0000007c0000005c3bddcf780d3a6d6573736167652d747970650700056576656e740b3a6576656e742d7479"
     "7065070016617373697374616e74526573706f6e73654576656e740d3a636f6e74656e742d74797065070010"
@@ -45,7 +50,7 @@ WORKED_MESSAGE = Message(
     },
     b'{"content":"Hi"}',
 )
-# Spec 3.6, extra vectors: no headers, no payload.
+# docs/event-stream.md, "Worked example", more vectors: no headers, no payload.
 EMPTY_MESSAGE = bytes.fromhex("000000100000000005c248eb7d98c8ff")
 
 SOME_UUID = uuid.UUID("6ba7b810-9dad-11d1-80b4-00c04fd430c8")
@@ -309,7 +314,7 @@ def test_header_cache_stays_bounded():
     frames = b"".join(encode_message({"id": uuid.UUID(int=n)}) for n in range(200))
     decoder = EventStreamDecoder()
     assert [m.headers["id"].int for m in decoder.feed(frames)] == list(range(200))
-    assert len(decoder._header_cache) <= eventstream._HEADER_CACHE_SIZE < 200
+    assert decoder.cached_header_sections <= eventstream.HEADER_CACHE_SIZE < 200
 
 
 def test_large_frame_in_small_chunks():
@@ -358,18 +363,6 @@ def _split(rng: random.Random, data: bytes, low: int, high: int) -> list[bytes]:
     return chunks
 
 
-def _normalise(headers: dict) -> dict:
-    """Our header values in botocore's shapes: timestamps as int ms, uuids as 16 raw bytes."""
-    out = {}
-    for name, value in headers.items():
-        if isinstance(value, datetime.datetime):
-            value = (value - EPOCH) // datetime.timedelta(milliseconds=1)
-        elif isinstance(value, uuid.UUID):
-            value = value.bytes
-        out[name] = value
-    return out
-
-
 @pytest.mark.parametrize(
     "seed, low, high",
     [(1, 1, 1), (2, 1, 40), (3, 100, 400), (4, 1024, 4096), (5, 1, 70_000), (6, 200_000, 400_000)],
@@ -385,7 +378,7 @@ def test_random_splits_match_botocore(seed, low, high):
     ours, theirs = [], []
     decoder, reference = EventStreamDecoder(), EventStreamBuffer()
     for chunk in chunks:
-        ours += [(_normalise(m.headers), m.payload) for m in decoder.feed(chunk)]
+        ours += [(botocore_headers(m.headers), m.payload) for m in decoder.feed(chunk)]
         reference.add_data(chunk)
         theirs += [(m.headers, m.payload) for m in reference]
     decoder.finish()

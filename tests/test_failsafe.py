@@ -10,9 +10,9 @@ import responses
 
 from amq.errors import BadGateway
 from app import create_app
-from tests.conftest import amq_env, free_port, reset_fake, running_amq, sse_events
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import FakeQ, http_error, raw_reply, text_reply
+from tests.support import amq_env, free_port, running_amq, sse_events
 
 HI = {"model": "m", "max_tokens": 10, "messages": [{"role": "user", "content": "hi"}]}
 KEYS = ("key-one-3f9a", "key-two-77c1")
@@ -36,13 +36,13 @@ def strict_fake():
 
 @pytest.fixture
 def fake_q(strict_fake):
-    return reset_fake(strict_fake)
+    return strict_fake.reset()
 
 
 @pytest.fixture(scope="module")
 def strict_server(strict_fake, tmp_path_factory):
     """amq with proxy keys, a small body limit, short timeouts and frequent pings."""
-    with running_amq(strict_fake, tmp_path_factory, "strict", PROXY_API_KEYS=",".join(KEYS),
+    with running_amq(strict_fake, tmp_path_factory.mktemp("strict"), PROXY_API_KEYS=",".join(KEYS),
                      MAX_REQUEST_BYTES="4096", UPSTREAM_READ_TIMEOUT="1.5", PING_INTERVAL="0.3") as server:
         yield server
 
@@ -78,14 +78,7 @@ def test_other_v1_endpoints_are_guarded_too(strict_server):
     assert requests.get(strict_server.url + "/health", timeout=10).status_code == 200
 
 
-@pytest.fixture
-def local_app(tmp_path, fake_q):
-    app = create_app(amq_env(fake_q, tmp_path / "token.json"))
-    return app
-
-
-def test_without_keys_remote_clients_are_refused(local_app, fake_q):
-    client = local_app.test_client()
+def test_without_keys_remote_clients_are_refused(client, fake_q):
     remote = client.post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": "203.0.113.9"})
     assert remote.status_code == 401
     assert "set PROXY_API_KEYS" in remote.get_json()["error"]["message"]
@@ -95,16 +88,16 @@ def test_without_keys_remote_clients_are_refused(local_app, fake_q):
 
 
 @pytest.mark.parametrize("header", ["X-Forwarded-For", "Forwarded", "X-Real-IP"])
-def test_without_keys_clients_behind_a_local_reverse_proxy_are_refused(local_app, fake_q, header):
-    response = local_app.test_client().post("/v1/messages", json=HI, headers={header: "203.0.113.9"},
-                                            environ_base={"REMOTE_ADDR": "127.0.0.1"})
+def test_without_keys_clients_behind_a_local_reverse_proxy_are_refused(client, fake_q, header):
+    response = client.post("/v1/messages", json=HI, headers={header: "203.0.113.9"},
+                           environ_base={"REMOTE_ADDR": "127.0.0.1"})
     assert response.status_code == 401 and "PROXY_API_KEYS" in response.get_json()["error"]["message"]
     assert fake_q.requests == []
 
 
 @pytest.mark.parametrize("address", ["127.0.0.1", "127.8.9.10", "::1"])
-def test_without_keys_loopback_clients_are_served(local_app, fake_q, address):
-    response = local_app.test_client().post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": address})
+def test_without_keys_loopback_clients_are_served(client, fake_q, address):
+    response = client.post("/v1/messages", json=HI, environ_base={"REMOTE_ADDR": address})
     assert response.status_code == 200
 
 
@@ -206,15 +199,15 @@ def test_connection_refused_is_502(tmp_path, fake_q):
 
 @responses.activate
 def test_dns_failure_is_502(tmp_path):
-    from amq.tokens import AccessToken
+    responses.post("https://oidc.example.invalid/token", json={"accessToken": "at", "expiresIn": 3600})
     responses.post("https://q.example.invalid/", body=requests.ConnectionError(
         "Failed to resolve 'q.example.invalid' ([Errno -2] Name or service not known)"))
     app = create_app({"AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c", "AMAZONQ_CLIENT_SECRET": "s",
                       "AMAZONQ_API_ENDPOINT": "https://q.example.invalid/", "UPSTREAM_MAX_ATTEMPTS": "1",
+                      "AMAZONQ_TOKEN_ENDPOINT": "https://oidc.example.invalid/token",
                       "AMAZONQ_TOKEN_CACHE": str(tmp_path / "t.json")})
     proxy = app.extensions["amq"]
-    proxy.tokens._token = AccessToken("at", time.time() + 3600)
-    proxy.models._expires = float("inf")  # no model-list call in this test
+    proxy.models.stop_fetching()  # no model-list call in this test
     with pytest.raises(BadGateway):
         proxy.client.open({"conversationState": {}})
     response = app.test_client().post("/v1/messages", json=HI)
@@ -384,7 +377,7 @@ def test_length_delimited_answer_is_still_streamed(tmp_path, fake_q):
     env = amq_env(fake_q, tmp_path / "token.json",
                   AMAZONQ_API_ENDPOINT=f"http://127.0.0.1:{listener.getsockname()[1]}/")
     app = create_app(env)
-    app.extensions["amq"].models._expires = float("inf")  # no model-list call to this server
+    app.extensions["amq"].models.stop_fetching()  # no model-list call to this server
     with app.test_client() as client:
         response = client.post("/v1/messages", json=dict(HI, stream=True), buffered=False)
         seen = b""

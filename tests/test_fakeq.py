@@ -13,13 +13,22 @@ from botocore.eventstream import EventStreamBuffer
 
 from tests.eventstream_encode import encode_error, encode_event, encode_exception
 from tests.fakeq import (
-    GAR_TARGET, LIST_MODELS_TARGET, FakeQ, events_reply, http_error, raw_reply, text_reply, tool_reply,
-    typical_reply, validate_request,
+    GAR_TARGET,
+    LIST_MODELS_TARGET,
+    FakeQ,
+    events_reply,
+    http_error,
+    raw_reply,
+    text_reply,
+    tool_reply,
+    typical_reply,
+    validate_request,
 )
 
 RPC_HEADERS = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": GAR_TARGET}
 
-# The example request of spec section 1.7, verbatim.
+# A request in the shape the Q CLI sends: history with a tool use, its result in the current
+# message (docs/amazon-q-api.md, "Request body").
 SPEC_EXAMPLE = {
     "conversationState": {
         "conversationId": "3d6c1d0e-4a5b-4a57-8f0e-2b3c4d5e6f70",
@@ -28,11 +37,13 @@ SPEC_EXAMPLE = {
             {"userInputMessage": {
                 "content": "List the files in /tmp",
                 "origin": "CLI",
-                "userInputMessageContext": {"envState": {"operatingSystem": "linux", "currentWorkingDirectory": "/home/u"}}}},
+                "userInputMessageContext": {"envState": {"operatingSystem": "linux",
+                                                         "currentWorkingDirectory": "/home/u"}}}},
             {"assistantResponseMessage": {
                 "messageId": "b3f1e2d4-0000-4000-8000-000000000001",
                 "content": "I'll list them.",
-                "toolUses": [{"toolUseId": "tooluse_abc123", "name": "execute_bash", "input": {"command": "ls /tmp"}}]}},
+                "toolUses": [{"toolUseId": "tooluse_abc123", "name": "execute_bash",
+                              "input": {"command": "ls /tmp"}}]}},
         ],
         "currentMessage": {
             "userInputMessage": {
@@ -174,7 +185,8 @@ NEGATIVE_CASES = [
      "currentMessage must be exactly", None),
     ("history-entry-two-keys", lambda b: _state(b)["history"][0].update(assistantResponseMessage={"content": ""}),
      "history[0] must be exactly one of", None),
-    ("history-entry-unknown-kind", _append_history({"systemMessage": {"content": "x"}}), "history[2] must be exactly one of", None),
+    ("history-entry-unknown-kind", _append_history({"systemMessage": {"content": "x"}}),
+     "history[2] must be exactly one of", None),
     ("history-starts-with-assistant", lambda b: _state(b)["history"].insert(0, copy.deepcopy(ASSISTANT)),
      "must alternate", None),
     ("history-two-users", _append_history(USER), "must alternate", None),
@@ -194,8 +206,10 @@ NEGATIVE_CASES = [
     ("unknown-context-key", _set(_ctx, "system", "x"), "in currentMessage.userInputMessageContext", None),
     ("unknown-assistant-key", _set(lambda b: _hist(b, 1), "stopReason", "end"), "in history[1]", None),
     ("bad-envState", _set(lambda b: _ctx(b)["envState"], "operatingSystem", "darwin"), "operatingSystem", None),
-    ("long-cwd", _set(lambda b: _ctx(b)["envState"], "currentWorkingDirectory", "/" * 257), "currentWorkingDirectory", None),
-    ("tools-on-history", _set(lambda b: _hist(b, 0)["userInputMessageContext"], "tools", []), "tools belong on currentMessage", None),
+    ("long-cwd", _set(lambda b: _ctx(b)["envState"], "currentWorkingDirectory", "/" * 257),
+     "currentWorkingDirectory", None),
+    ("tools-on-history", _set(lambda b: _hist(b, 0)["userInputMessageContext"], "tools", []),
+     "tools belong on currentMessage", None),
     ("tool-name-pattern", _set(_tool, "name", "exec bash"), "must match", None),
     ("tool-name-too-long", _set(_tool, "name", "t" * 65), "must match", None),
     ("tool-description-empty", _set(_tool, "description", ""), "description must be 1-10240", None),
@@ -204,7 +218,8 @@ NEGATIVE_CASES = [
     ("tool-inputSchema-not-json", _set(_tool, "inputSchema", {"type": "object"}), "inputSchema", None),
     ("tool-not-a-union", lambda b: _ctx(b)["tools"].append({"name": "x"}), "tools[1] must be exactly one of", None),
     ("duplicate-tool-names", _dup_tool, "duplicate tool name", None),
-    ("toolUse-missing-input", _del(lambda b: _hist(b, 1)["toolUses"][0], "input"), "needs toolUseId, name and input", None),
+    ("toolUse-missing-input", _del(lambda b: _hist(b, 1)["toolUses"][0], "input"),
+     "needs toolUseId, name and input", None),
     ("toolUse-input-string", _set(lambda b: _hist(b, 1)["toolUses"][0], "input", '{"command": "ls"}'),
      "input must be a JSON object", None),
     ("toolUseId-pattern", _extra_tool_use(toolUseId="tool.use:1"), "must match", None),
@@ -255,7 +270,8 @@ def test_empty_current_message_with_only_an_image_is_valid():
     assert validate_request(body) is None
 
 
-@pytest.mark.parametrize("mutate, expected, reason", [c[1:] for c in NEGATIVE_CASES], ids=[c[0] for c in NEGATIVE_CASES])
+@pytest.mark.parametrize("mutate, expected, reason", [c[1:] for c in NEGATIVE_CASES],
+                         ids=[c[0] for c in NEGATIVE_CASES])
 def test_rejects(mutate, expected, reason):
     body = copy.deepcopy(SPEC_EXAMPLE)
     mutate(body)
@@ -375,7 +391,8 @@ def test_default_reply_and_raw_frames(fake):
     assert events[0][0] == "messageMetadataEvent" and len(events) == 4
     assert "".join(p["content"] for _, p in events[1:]) == "Hello from fake Q."
     fake.enqueue(raw_reply([encode_event("assistantResponseEvent", {"content": "a"}),
-                            encode_exception("ThrottlingException", "slow down"), encode_error("InternalError", "boom")]))
+                            encode_exception("ThrottlingException", "slow down"),
+                            encode_error("InternalError", "boom")]))
     kinds = [h[":message-type"] for h, _ in _decode(_post(fake).content)]
     assert kinds == ["event", "exception", "error"]
     fake.enqueue(events_reply([("meteringEvent", {"usage": 0.01})]))
@@ -478,7 +495,8 @@ def _raw_chunks(fake, body=MINIMAL) -> tuple[bytes, list[int]]:
     """Send one request over a bare socket and return (head, sizes of the HTTP chunks received)."""
     data = json.dumps(body).encode()
     head = "".join(f"{k}: {v}\r\n" for k, v in _auth(fake).items())
-    req = (f"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n{head}\r\n").encode() + data
+    req = (f"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: {len(data)}\r\n"
+           f"{head}\r\n").encode() + data
     port = int(fake.url.rsplit(":", 1)[1].strip("/"))
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(req)
@@ -512,10 +530,9 @@ def test_chunks_are_uneven_and_straddle_frames(fake):
 def test_cut_after_drops_the_connection(fake):
     fake.enqueue(text_reply("abcdefghij" * 20, chunks=5, cut_after=150))
     received = b""
-    with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        with _post(fake, stream=True) as r:
-            for chunk in r.iter_content(chunk_size=None):
-                received += chunk
+    with pytest.raises(requests.exceptions.ChunkedEncodingError), _post(fake, stream=True) as r:
+        for chunk in r.iter_content(chunk_size=None):
+            received += chunk
     assert len(received) == 150
 
 
@@ -533,7 +550,8 @@ def _wait_for(predicate, timeout=5.0):
     return predicate()
 
 
-@pytest.mark.parametrize("reply", [text_reply("a b c d", chunks=4, hang=True), text_reply("a b c d", chunks=4, delay=0.5)],
+@pytest.mark.parametrize("reply", [text_reply("a b c d", chunks=4, hang=True),
+                                   text_reply("a b c d", chunks=4, delay=0.5)],
                          ids=["hang", "delay"])
 def test_client_going_away_is_counted(fake, reply):
     fake.enqueue(reply)

@@ -150,8 +150,7 @@ def fuzz_app(tmp_path_factory):
     })
     network = FakeNetwork()
     proxy = app.extensions["amq"]
-    if hasattr(proxy.client, "_sleep"):  # retries with backoff: no real waiting in a fuzz run
-        proxy.client._sleep = lambda seconds: None
+    proxy.client.sleep = lambda seconds: None  # retries with backoff: no real waiting in a fuzz run
     # Token service and Q share this session; patch whatever object each of them holds.
     for holder, attribute in ((proxy.client, "session"), (proxy.tokens, "_session")):
         session = getattr(holder, attribute, None)

@@ -54,15 +54,20 @@ def test_overrides_win_over_the_table():
     assert models.resolve("claude-sonnet-4-5-20250929") == "auto"
 
 
+def assert_asked_again_after(seconds: float, catalogue, calls, clock) -> None:
+    """Two resolutions ask Q once; after `seconds` more, the next one asks again."""
+    catalogue.resolve("claude-haiku-4-5")
+    catalogue.resolve("claude-opus-4-5")
+    assert len(calls) == 1
+    clock.now += seconds + 1
+    catalogue.resolve("claude-opus-4-5")
+    assert len(calls) == 2
+
+
 def test_live_list_is_asked_once_and_cached():
     clock = Clock()
     catalogue, calls = live(["claude-sonnet-4.5", "claude-haiku-4.5"], clock=clock)
-    catalogue.resolve("claude-haiku-4-5")
-    catalogue.resolve("claude-sonnet-4-5")
-    assert len(calls) == 1
-    clock.now += ModelCatalogue.TTL + 1
-    catalogue.resolve("claude-sonnet-4-5")
-    assert len(calls) == 2
+    assert_asked_again_after(ModelCatalogue.TTL, catalogue, calls, clock)
 
 
 def test_model_the_account_lacks_falls_back_to_the_best_of_its_family():
@@ -94,11 +99,7 @@ def test_failed_list_falls_back_to_the_table_and_retries_later():
 
     catalogue = ModelCatalogue("claude-sonnet-4.5", fetch=fetch, clock=clock)
     assert catalogue.resolve("claude-opus-4-5") == "claude-opus-4.5"
-    catalogue.resolve("claude-opus-4-5")
-    assert len(calls) == 1
-    clock.now += ModelCatalogue.RETRY_AFTER + 1
-    catalogue.resolve("claude-opus-4-5")
-    assert len(calls) == 2
+    assert_asked_again_after(ModelCatalogue.RETRY_AFTER, catalogue, calls, clock)
 
 
 def test_claude_models_lists_claude_ids_newest_first():

@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from app import create_app
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def run_without(setting, command, tmp_path):

@@ -3,6 +3,7 @@ import json
 
 from amq.errors import RateLimited
 from amq.message import collect_message
+from amq.sse import error_event
 from amq.translate import StreamTranslator, new_id, translate
 
 
@@ -134,8 +135,9 @@ def test_q_token_usage_is_preferred_when_reported():
 
 
 def test_error_event_shape():
-    assert StreamTranslator.error(RateLimited("slow down")) == {
-        "type": "error", "error": {"type": "rate_limit_error", "message": "slow down"}}
+    assert error_event(RateLimited("slow down"), "req_1") == (
+        b'event: error\ndata: {"type":"error","error":{"type":"rate_limit_error","message":"slow down"},'
+        b'"request_id":"req_1"}\n\n')
 
 
 def test_collect_message_folds_the_same_events():

@@ -4,6 +4,7 @@ Nothing here is measured; it only starts and watches the things that are.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
@@ -102,7 +103,7 @@ class FastQProcess:
                  cpus: str | None = None):
         self.port = free_port()
         self.kind = kind
-        self.log = tempfile.NamedTemporaryFile(prefix=f"{kind}-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix=f"{kind}-", suffix=".log", delete=False)  # noqa: SIM115 - the process's log, read after it exits
         if kind == "fastq":
             cmd = [sys.executable, str(BENCH / "fastq.py"), "--port", str(self.port),
                    "--delay", str(delay), "--reply", reply]
@@ -117,7 +118,7 @@ class FastQProcess:
             wait_port(self.port, self.proc)
         except Exception:
             stop(self.proc)
-            raise RuntimeError(f"{kind} did not start:\n" + Path(self.log.name).read_text())
+            raise RuntimeError(f"{kind} did not start:\n" + Path(self.log.name).read_text()) from None
         self.url = self.settings["url"]
 
     def _read_settings(self) -> dict:
@@ -164,7 +165,7 @@ class AmqProcess:
                     "AMAZONQ_TOKEN_CACHE": str(Path(self.tmp) / "token.json"),
                     "LOG_LEVEL": log_level, "PORT": str(self.port), "WEB_CONCURRENCY": str(workers)})
         env.update(extra_env or {})
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - open for the server's whole life
         taskset = ["taskset", "-c", cpus] if cpus else []
         self.proc = subprocess.Popen(
             [*taskset, sys.executable, "-m", "gunicorn", "-k", "gevent", "-c", "gunicorn.conf.py",
@@ -212,10 +213,8 @@ class AmqProcess:
 def children(pid: int) -> list[int]:
     out = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        try:
+        with contextlib.suppress(OSError):
             out += [int(x) for x in (task / "children").read_text().split()]
-        except OSError:
-            pass
     return out
 
 
@@ -279,7 +278,7 @@ def amq_version() -> str:
 def machine() -> dict:
     return {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": loadavg(),
             "kernel": platform.release(), "amq": amq_version(),
-            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def save(name: str, data: dict) -> Path:

@@ -1,0 +1,97 @@
+"""Amazon Q's failures, read where they enter (amq/upstream.py) and mapped onto our errors.
+
+The one table from a Q error to the Anthropic error a client gets; the facts it rests on are in
+docs/amazon-q-api.md, "Errors".
+"""
+from __future__ import annotations
+
+import json
+
+from .errors import (
+    AuthenticationFailed,
+    InvalidRequest,
+    MonthlyLimitReached,
+    NotFound,
+    Overloaded,
+    PermissionDenied,
+    ProxyError,
+    RateLimited,
+    UpstreamFailure,
+)
+
+RETRY_AFTER = {"retry-after": "5"}
+
+
+def error_code(raw: str | None) -> str:
+    """Reduce `ns#ThrottlingException:http://...` to `ThrottlingException`, as the AWS SDKs do."""
+    if not raw:
+        return ""
+    return raw.split(":", 1)[0].rsplit("#", 1)[-1].strip()
+
+
+def parse_upstream_error(status: int, body: bytes, headers) -> tuple[str, str, str]:
+    """(code, reason, message) of a Q error response; the header code wins over the body's."""
+    try:
+        data = json.loads(body.decode("utf-8")) if body else {}
+    except (UnicodeDecodeError, ValueError):
+        data = {}
+    if not isinstance(data, dict):
+        data = {}
+    code = error_code(headers.get("x-amzn-errortype")) or error_code(
+        data.get("__type") or data.get("code")
+    )
+    message = data.get("message") or data.get("Message") or ""
+    if not message and body and not data:
+        message = body[:300].decode("utf-8", "replace")
+    return code, str(data.get("reason") or ""), str(message)
+
+
+def is_invalid_bearer(status: int, message: str) -> bool:
+    """Q's answer to an expired or revoked access token (refresh once and retry)."""
+    return status == 403 and "bearer token" in message.lower() and "invalid" in message.lower()
+
+
+def map_upstream_error(status: int, code: str, reason: str, message: str) -> ProxyError:
+    """The one table from a Q error to the Anthropic error a client understands.
+
+    Keyed on the error code and reason first, status last: the statuses Q sends for the same
+    error vary (docs/amazon-q-api.md, "Errors").
+    """
+    shown = message or code or f"HTTP {status}"
+    text = f"{shown} (Amazon Q {code or status}{', ' + reason if reason else ''})"
+    if code == "ValidationException" or (status == 400 and not code):
+        if reason == "CONTENT_LENGTH_EXCEEDS_THRESHOLD" or "input is too long" in message.lower():
+            # Claude Code compacts its context when the message starts like this.
+            return InvalidRequest(f"prompt is too long: {text}")
+        return InvalidRequest(text)
+    if reason == "MONTHLY_REQUEST_COUNT" or "reached for this month" in message:
+        return MonthlyLimitReached(f"Amazon Q monthly request limit reached: {text}")
+    if reason == "INSUFFICIENT_MODEL_CAPACITY":
+        return Overloaded(text, headers=RETRY_AFTER)
+    if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:
+        return RateLimited(text, headers=RETRY_AFTER)
+    if code == "AccessDeniedException" or status == 403:
+        if reason == "TEMPORARILY_SUSPENDED" or "suspended" in message.lower():
+            return PermissionDenied(f"Amazon Q account is suspended: {text}")
+        return PermissionDenied(text)
+    if status == 401:
+        return AuthenticationFailed(text)
+    if code == "ResourceNotFoundException" or status == 404:
+        return NotFound(text)
+    if "high load" in message.lower() or code == "ServiceUnavailableException" or status == 503:
+        return Overloaded(text, headers=RETRY_AFTER)
+    if status >= 500 or code == "InternalServerException":
+        return UpstreamFailure(text)
+    return InvalidRequest(text) if 400 <= status < 500 else UpstreamFailure(text)
+
+
+def error_frame(headers: dict, payload: bytes) -> ProxyError:
+    """The error an in-stream error frame (`exception` or `error` message type) stands for."""
+    if headers.get(":message-type") == "exception":
+        code, reason, text = parse_upstream_error(500, payload, {})
+        exception_type = str(headers.get(":exception-type", ""))
+        if exception_type and exception_type != "error":
+            code = exception_type
+        return map_upstream_error(500, code or "InternalServerException", reason, text)
+    return map_upstream_error(500, str(headers.get(":error-code", "InternalServerException")),
+                              "", str(headers.get(":error-message", "")))
