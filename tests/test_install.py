@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.conftest import ROOT, amq_env, free_port, sse_events
+from tests.support import ROOT, amq_env, clean_environ, free_port, sse_events
 
 # Files that run in production; their imports must all come from requirements.txt.
 RUNTIME_FILES = sorted([*ROOT.joinpath("amq").rglob("*.py"), ROOT / "app.py", ROOT / "wsgi.py",
@@ -69,11 +69,10 @@ def runtime_venv(tmp_path_factory) -> Path:
 
 
 def runtime_env(venv: Path, home: Path, **settings: str) -> dict:
-    """The environment of a shell whose virtualenv is `venv`, with no AMAZONQ_* from the outside."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("AMAZONQ_", "PROXY_API_KEYS", "PYTHON", "FLASK_", "PORT"))}
-    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv),
-               HOME=str(home), XDG_STATE_HOME=str(home / "state"))
+    """The environment of a shell whose virtualenv is `venv`: no amq setting, Python or Flask
+    variable from the outside, only `settings`."""
+    env = {k: v for k, v in clean_environ(os.environ, home).items() if not k.startswith(("PYTHON", "FLASK_"))}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
     env.update(settings)
     return env
 
