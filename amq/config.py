@@ -55,10 +55,17 @@ DEFAULTS: dict[str, str] = {
     "MAX_REQUEST_BYTES": str(32 * 1024 * 1024),
     "PORT": "8080",
     "LOG_LEVEL": "INFO",
+    # "text" (readable lines) or "json" (one JSON object per line, for log drains).
+    "LOG_FORMAT": "text",
+    # Bearer key a scraper sends for /metrics from other hosts; loopback needs none.
+    "METRICS_KEY": "",
+    # Where gunicorn workers keep their metric files (gunicorn.conf.py sets it; empty: one process).
+    "PROMETHEUS_MULTIPROC_DIR": "",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET")
 
@@ -87,6 +94,9 @@ class Settings:
     port: int = 8080
     log_level: str = "INFO"
     worker_connections: int = 1000
+    log_format: str = "text"
+    metrics_key: str = field(default="", repr=False)
+    metrics_dir: str = ""
 
 
 def _parse_model_map(raw: str) -> dict[str, str]:
@@ -122,6 +132,8 @@ def load_settings(environ: dict | None = None) -> Settings:
     values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
     if values["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
+    if values["LOG_FORMAT"].lower() not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got '{values['LOG_FORMAT']}'")
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
@@ -149,4 +161,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         port=_number(values, "PORT", int),
         log_level=values["LOG_LEVEL"].upper(),
         worker_connections=_number(values, "WORKER_CONNECTIONS", int),
+        log_format=values["LOG_FORMAT"].lower(),
+        metrics_key=values["METRICS_KEY"],
+        metrics_dir=values["PROMETHEUS_MULTIPROC_DIR"],
     )

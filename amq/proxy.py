@@ -5,6 +5,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from . import metrics
 from .config import Settings
 from .convert import convert_request
 from .errors import InvalidRequest
@@ -32,9 +33,11 @@ class Proxy:
     models: ModelCatalogue
     _logged_server_tools: set = field(default_factory=set)
 
-    def open_message(self, request: dict) -> Iterator[list[dict]]:
+    def open_message(self, request: dict,
+                     record: metrics.RequestRecord | None = None) -> Iterator[list[dict]]:
         """Validate and convert `request`, open the Q stream, return the Anthropic events
-        (in batches that arrived together).
+        (in batches that arrived together); `record` learns the Q model and, once Q
+        answers, where the usage can be read.
 
         Everything that can fail before Q accepts the call raises here (an ordinary HTTP
         error); the returned iterator raises ProxyError only for faults mid-answer.
@@ -52,6 +55,8 @@ class Proxy:
         if not isinstance(stop_sequences, list) or not all(isinstance(s, str) for s in stop_sequences):
             raise InvalidRequest("stop_sequences: must be a list of strings")
         q_model = self.models.resolve(model)
+        if record is not None:
+            record.model = q_model
         conversion = convert_request(request, model_id=q_model, origin=self.settings.origin,
                                      profile_arn=self.settings.profile_arn)
         self._log_server_tools(conversion.skipped_tools)
@@ -62,8 +67,11 @@ class Proxy:
                                       stop_sequences=stop_sequences, max_tokens=max_tokens,
                                       context_window=self.models.context_window(q_model))
         response = self.client.open(conversion.body)
+        if record is not None:
+            record.usage_source = translator.usage
         ping = self.settings.ping_interval if request.get("stream") is True else None
-        return translate(translator, self.client.events(response, ping_interval=ping))
+        events = self.client.events(response, ping_interval=ping)
+        return translate(translator, metrics.count_stream_errors(events))
 
     def _log_server_tools(self, kinds: list[str]) -> None:
         """Q runs no server tools (web search...): say so once per kind, not per request."""

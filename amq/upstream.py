@@ -15,6 +15,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from . import metrics
 from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure,
                      is_invalid_bearer, map_upstream_error, parse_upstream_error)
 from .eventstream import EventStreamDecoder, EventStreamError
@@ -111,11 +112,15 @@ class QClient:
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return self._attempt(url, data, headers, stream, timeout or self.timeout)
+                response = self._attempt(url, data, headers, stream, timeout or self.timeout)
+                metrics.count_attempt(None)
+                return response
             except ProxyError as exc:
                 delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 if not exc.retryable or attempt == attempts or self._clock() + delay > deadline:
+                    metrics.count_attempt(exc)
                     raise
+                metrics.count_attempt(exc, retried=True)
                 logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
                             attempt, attempts, delay)
                 self._sleep(delay)
@@ -137,7 +142,7 @@ class QClient:
                 continue
             logger.warning("Amazon Q answered HTTP %s %s %s (request %s)", response.status_code,
                            code, reason, response.headers.get("x-amzn-requestid", "-"))
-            raise map_upstream_error(response.status_code, code, reason, message)
+            raise _named(map_upstream_error(response.status_code, code, reason, message), code)
         raise AssertionError("unreachable")
 
     def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool,
@@ -309,9 +314,16 @@ def _event(message) -> tuple[str, dict]:
         exception_type = str(headers.get(":exception-type", ""))
         if exception_type and exception_type != "error":
             code = exception_type
-        raise map_upstream_error(500, code or "InternalServerException", reason, text)
+        code = code or "InternalServerException"
+        raise _named(map_upstream_error(500, code, reason, text), code)
     if kind == "error":
-        raise map_upstream_error(500, str(headers.get(":error-code", "InternalServerException")),
-                                 "", str(headers.get(":error-message", "")))
+        code = str(headers.get(":error-code", "InternalServerException"))
+        raise _named(map_upstream_error(500, code, "", str(headers.get(":error-message", ""))), code)
     raise UpstreamFailure(f"Amazon Q sent a frame of unknown message type {kind!r}")
 
+
+
+def _named(error: ProxyError, q_exception: str) -> ProxyError:
+    """Keep Q's exception name on the mapped error, for the error counts by name."""
+    error.q_exception = q_exception
+    return error
