@@ -145,7 +145,9 @@ def count_stream_errors(batches: Iterator) -> Iterator:
         UPSTREAM_ERRORS.labels(q_exception_label(exc)).inc()
         raise
     finally:
-        batches.close()
+        close = getattr(batches, "close", None)
+        if close is not None:
+            close()
 
 
 def record_refresh(outcome: str, lock_wait_seconds: float) -> None:
