@@ -29,7 +29,6 @@ Q_EXCEPTIONS = frozenset({
     "InternalServerException", "ResourceNotFoundException", "ServiceQuotaExceededException",
     "ServiceUnavailableException", "ThrottlingException", "ValidationException"})
 REFRESH_OUTCOMES = frozenset({"refreshed", "shared", "rejected", "failed"})
-STREAM_OUTCOMES = ("complete", "client_gone")  # and "upstream_<error type>", "internal_error"
 NOT_A_STREAM = "none"
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,79}")
 

@@ -1,4 +1,4 @@
-"""HTTP endpoints: messages (streaming or not), count_tokens, models, health."""
+"""HTTP endpoints: messages (streaming or not), count_tokens, models, health, metrics."""
 from __future__ import annotations
 
 import json
