@@ -8,15 +8,18 @@ import logging
 import sys
 import time
 import uuid
+from functools import partial
 
 import click
 from flask import Flask, current_app, g, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from amq.access import check_access
+from amq import metrics
+from amq.access import check_access, presented_key
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
 from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.logs import configure_logging, key_fingerprint, log_access
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
 from amq.tokens import TokenManager
@@ -24,16 +27,6 @@ from amq.upstream import QClient, new_session
 from amq.views import bp
 
 logger = logging.getLogger("amq")
-
-
-def _configure_logging(level: str) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(stream=sys.stderr,
-                            format="%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("amq").setLevel(level)
-    # urllib3 logs URLs and headers at DEBUG; keep it quiet whatever LOG_LEVEL says.
-    logging.getLogger("urllib3").setLevel(logging.WARNING)
 
 
 def _http_error(exc: HTTPException) -> ProxyError:
@@ -50,12 +43,12 @@ def _http_error(exc: HTTPException) -> ProxyError:
     return error
 
 
-def _log_safe(value) -> str:
-    """Client-supplied text for a log line: printable, one line, at most 100 characters."""
-    text = value if isinstance(value, str) else repr(value)
-    if text.isprintable() and len(text) <= 100:
-        return text
-    return repr(text[:100])
+def _close(record: metrics.RequestRecord) -> None:
+    try:
+        metrics.finish_request(record)
+        log_access(record)
+    except Exception:  # noqa: BLE001 - the answer is out; a metrics fault must not turn into a 500
+        logger.exception("could not record request %s", record.request_id)
 
 
 def _as_proxy_error(exc: Exception) -> ProxyError:
@@ -99,7 +92,7 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         tokens = TokenManager.from_settings(settings, session, required=required)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
 
     app = Flask(__name__)
     # Werkzeug refuses a larger declared Content-Length; views._body() limits chunked bodies.
@@ -116,19 +109,24 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     @app.before_request
     def _start():
         g.request_id = "req_" + uuid.uuid4().hex
-        g.started = time.monotonic()
+        g.record = metrics.RequestRecord(
+            request_id=g.request_id, method=request.method, path=request.path,
+            endpoint=request.url_rule.rule if request.url_rule else "unmatched",
+            client=request.remote_addr or "-",
+            key_fingerprint=key_fingerprint(presented_key(request.headers)),
+            started=time.monotonic())
         if request.path.startswith("/v1/"):
             check_access(request.headers, request.remote_addr, settings.proxy_api_keys)
 
     @app.after_request
     def _finish(response):
         response.headers["request-id"] = g.request_id
-        # The model name is the client's text: quoted and cut, so it cannot forge log lines.
-        model = getattr(g, "model", None)
-        logger.info("%s %s %s %.0fms model=%s stream=%s %s", request.method, request.path,
-                    response.status_code, (time.monotonic() - g.started) * 1000,
-                    _log_safe(model) if model is not None else "-", getattr(g, "streamed", False),
-                    g.request_id)
+        record = g.record
+        record.status = response.status_code
+        if not response.is_streamed:
+            record.first_byte = time.monotonic() - record.started
+        # Counted and logged when the server closes the answer: for a stream, at its end.
+        response.call_on_close(partial(_close, record))
         return response
 
     @app.errorhandler(Exception)

@@ -43,3 +43,21 @@ def check_access(headers, remote_addr: str | None, keys: tuple[str, ...]) -> Non
         raise AuthenticationFailed("amq serves only local clients until PROXY_API_KEYS is set: "
                                    "the operator must set PROXY_API_KEYS to accept remote or "
                                    "proxied clients")
+
+
+def check_metrics_access(headers, remote_addr: str | None, metrics_key: str) -> None:
+    """/metrics is open to loopback clients; others send METRICS_KEY as `Authorization: Bearer`.
+
+    A key of its own: a scraper's credential cannot spend Q credits, and a client's key cannot
+    read the operator's figures.
+    :raises AuthenticationFailed: unless the figures may be shown.
+    """
+    if is_loopback(remote_addr) and not any(h in headers for h in FORWARDING_HEADERS):
+        return
+    if not metrics_key:
+        raise AuthenticationFailed("amq shows /metrics only to local clients until METRICS_KEY is "
+                                   "set: the operator must set METRICS_KEY for remote scrapers")
+    key = presented_key(headers)
+    if not key or not hmac.compare_digest(key.encode(), metrics_key.encode()):
+        raise AuthenticationFailed("invalid or missing metrics key: send METRICS_KEY as "
+                                   "Authorization: Bearer")

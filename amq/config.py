@@ -64,10 +64,17 @@ DEFAULTS: dict[str, str] = {
     "LOG_LEVEL": "INFO",
     # gunicorn worker processes; each gevent worker serves many streams.
     "WEB_CONCURRENCY": "2",
+    # "text" (readable lines) or "json" (one JSON object per line, for log drains).
+    "LOG_FORMAT": "text",
+    # Bearer key a scraper sends for /metrics from other hosts; loopback needs none.
+    "METRICS_KEY": "",
+    # Where gunicorn workers keep their metric files (gunicorn.conf.py sets it; empty: one process).
+    "PROMETHEUS_MULTIPROC_DIR": "",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("text", "json")
 
 REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET")
 
@@ -95,16 +102,21 @@ class Settings:
     max_request_bytes: int = 32 * 1024 * 1024
     log_level: str = "INFO"
     worker_connections: int = 1000
+    log_format: str = "text"
+    metrics_key: str = field(default="", repr=False)
+    metrics_dir: str = ""
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """What gunicorn.conf.py needs: where to listen, how many workers and connections."""
+    """What gunicorn.conf.py needs: where to listen, workers and connections, logging, metric files."""
 
     port: int
     web_concurrency: int
     worker_connections: int
     log_level: str
+    log_format: str
+    metrics_dir: str
 
 
 def _parse_model_map(raw: str) -> dict[str, str]:
@@ -137,6 +149,8 @@ def _values(environ: dict | None, overrides: dict | None) -> dict[str, str]:
     values = {key: str(env.get(key) or default).strip() for key, default in DEFAULTS.items()}
     if values["LOG_LEVEL"].upper() not in LOG_LEVELS:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
+    if values["LOG_FORMAT"].lower() not in LOG_FORMATS:
+        raise ConfigError(f"LOG_FORMAT must be one of {', '.join(LOG_FORMATS)}, got '{values['LOG_FORMAT']}'")
     return values
 
 
@@ -149,7 +163,9 @@ def load_server_settings(environ: dict | None = None) -> ServerSettings:
     return ServerSettings(port=_number(values, "PORT", int),
                           web_concurrency=_number(values, "WEB_CONCURRENCY", int),
                           worker_connections=_number(values, "WORKER_CONNECTIONS", int),
-                          log_level=values["LOG_LEVEL"].upper())
+                          log_level=values["LOG_LEVEL"].upper(),
+                          log_format=values["LOG_FORMAT"].lower(),
+                          metrics_dir=values["PROMETHEUS_MULTIPROC_DIR"])
 
 
 def load_settings(environ: dict | None = None, overrides: dict | None = None) -> Settings:
@@ -186,4 +202,7 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         max_request_bytes=_number(values, "MAX_REQUEST_BYTES", int),
         log_level=values["LOG_LEVEL"].upper(),
         worker_connections=_number(values, "WORKER_CONNECTIONS", int),
+        log_format=values["LOG_FORMAT"].lower(),
+        metrics_key=values["METRICS_KEY"],
+        metrics_dir=values["PROMETHEUS_MULTIPROC_DIR"],
     )

@@ -16,6 +16,7 @@ class ProxyError(Exception):
     status = 500
     error_type = "api_error"
     retryable = False  # worth another upstream attempt before the client sees anything
+    q_exception = ""  # Amazon Q's exception name, when Q sent this error
 
     def __init__(self, message: str, *, headers: dict | None = None):
         super().__init__(message)

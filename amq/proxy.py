@@ -5,6 +5,7 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from . import metrics
 from .config import Settings
 from .models import ModelCatalogue
 from .tokencount import count_request_tokens
@@ -26,14 +27,18 @@ class Proxy:
     models: ModelCatalogue
     _logged_server_tools: set = field(default_factory=set)
 
-    def open_message(self, request: MessageRequest) -> Iterator[list[dict]]:
+    def open_message(self, request: MessageRequest,
+                     record: metrics.RequestRecord | None = None) -> Iterator[list[dict]]:
         """Open the Q stream for a validated `request`; return the Anthropic events (in
-        batches that arrived together).
+        batches that arrived together). `record` learns the Q model and, once Q answers,
+        where the usage can be read.
 
         Everything that can fail before Q accepts the call raises here (an ordinary HTTP
         error); the returned iterator raises ProxyError only for faults mid-answer.
         """
         q_model = self.models.resolve(request.model)
+        if record is not None:
+            record.model = q_model
         body = request.conversion.for_model(q_model, self.settings.profile_arn)
         self._log_server_tools(request.conversion.skipped_tools)
         translator = StreamTranslator(model=request.model or q_model,
@@ -43,8 +48,11 @@ class Proxy:
                                       stop_sequences=request.stop_sequences, max_tokens=request.max_tokens,
                                       context_window=self.models.context_window(q_model))
         response = self.client.open(body)
+        if record is not None:
+            record.usage_source = translator.usage
         ping = self.settings.ping_interval if request.stream else None
-        return translate(translator, self.client.events(response, ping_interval=ping))
+        events = self.client.events(response, ping_interval=ping)
+        return translate(translator, metrics.count_stream_errors(events))
 
     def validate(self, payload: dict) -> MessageRequest:
         """The validation step of every Messages endpoint, with this proxy's `origin`."""

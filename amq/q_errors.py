@@ -52,11 +52,18 @@ def is_invalid_bearer(status: int, message: str) -> bool:
 
 
 def map_upstream_error(status: int, code: str, reason: str, message: str) -> ProxyError:
-    """The one table from a Q error to the Anthropic error a client understands.
+    """The one table from a Q error to the Anthropic error a client understands; the error
+    keeps Q's exception name (`q_exception`) for the error counts by name.
 
     Keyed on the error code and reason first, status last: the statuses Q sends for the same
     error vary (docs/amazon-q-api.md, "Errors").
     """
+    error = _classify(status, code, reason, message)
+    error.q_exception = code
+    return error
+
+
+def _classify(status: int, code: str, reason: str, message: str) -> ProxyError:
     shown = message or code or f"HTTP {status}"
     text = f"{shown} (Amazon Q {code or status}{', ' + reason if reason else ''})"
     if code == "ValidationException" or (status == 400 and not code):

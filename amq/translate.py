@@ -9,6 +9,7 @@ import secrets
 import string
 from collections.abc import Iterable, Iterator
 
+from .metrics import Usage
 from .tokencount import CHARS_PER_TOKEN, estimate_tokens
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -45,6 +46,7 @@ class StreamTranslator:
         self._saw_tool_use = False
         self._output_chars = 0
         self._usage_from_q: dict = {}
+        self._credits: float | None = None
         self.context_window = context_window
         self._context_input: int | None = None
         # Q knows neither stop sequences nor max_tokens; the proxy applies both to text.
@@ -82,6 +84,12 @@ class StreamTranslator:
                        "usage": usage})
         events.append({"type": "message_stop"})
         return events
+
+    def usage(self) -> Usage:
+        """The answer's tokens (Q's figures when it sent them) and credits, for the metrics."""
+        input_tokens = self._usage_from_q.get("input_tokens", self._context_input)
+        return Usage(input_tokens if input_tokens is not None else self.input_tokens,
+                     self.output_tokens(), self._credits)
 
     def output_tokens(self) -> int:
         reported = self._usage_from_q.get("output_tokens")
@@ -202,6 +210,14 @@ class StreamTranslator:
                 self._usage_from_q["input_tokens"] = sum(v for v in inputs if isinstance(v, int))
         return []
 
+    def _on_metering(self, payload: dict) -> list[dict]:
+        """Credits Q charged; a request may carry several meteringEvents, summed."""
+        amount = payload.get("usage")
+        if isinstance(amount, (int, float)) and not isinstance(amount, bool) and \
+                payload.get("unit", "credit") == "credit":
+            self._credits = (self._credits or 0.0) + float(amount)
+        return []
+
     def _on_context_usage(self, payload: dict) -> list[dict]:
         """Q's share of the context window in use: the best input figure short of tokenUsage."""
         percentage = payload.get("contextUsagePercentage")
@@ -215,6 +231,7 @@ class StreamTranslator:
         "reasoningContentEvent": _on_reasoning,
         "metadataEvent": _on_metadata,
         "contextUsageEvent": _on_context_usage,
+        "meteringEvent": _on_metering,
     }
 
 

@@ -17,6 +17,7 @@ import requests
 import urllib3
 from requests.adapters import HTTPAdapter
 
+from . import metrics
 from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import QModel
@@ -141,11 +142,15 @@ class QClient:
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                return self._attempt(url, data, headers, stream, timeout or self.timeout)
+                response = self._attempt(url, data, headers, stream, timeout or self.timeout)
+                metrics.count_attempt(None)
+                return response
             except ProxyError as exc:
                 delay = min(8.0, 0.5 * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)
                 if not exc.retryable or attempt == attempts or self._clock() + delay > deadline:
+                    metrics.count_attempt(exc)
                     raise
+                metrics.count_attempt(exc, retried=True)
                 logger.info("Amazon Q %s (attempt %d of %d); retrying in %.1fs", exc.error_type,
                             attempt, attempts, delay)
                 self.sleep(delay)

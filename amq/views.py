@@ -1,4 +1,4 @@
-"""HTTP endpoints: messages (streaming or not), count_tokens, models, health."""
+"""HTTP endpoints: messages (streaming or not), count_tokens, models, health, metrics."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,8 @@ from itertools import chain
 
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
+from . import metrics
+from .access import check_metrics_access
 from .errors import INTERNAL_ERROR, InvalidRequest, NotFound, ProxyError, RequestTooLarge
 from .message import collect_message
 from .sse import error_event, format_event
@@ -57,17 +59,20 @@ def _json_object() -> dict:
     return payload
 
 
-def _sse(batches: Iterator[list[dict]], request_id: str) -> Iterator[bytes]:
+def _sse(batches: Iterator[list[dict]], record: metrics.RequestRecord) -> Iterator[bytes]:
     """Write each batch of events as soon as it exists; a fault ends the stream with an error
-    event (carrying the request id, as error bodies do)."""
+    event (carrying the request id, as error bodies do) and is noted as its outcome."""
+    request_id = record.request_id
     try:
         for batch in batches:
             # One write per batch: each write is a chunk and two syscalls in gunicorn.
             yield b"".join(map(format_event, batch))
     except ProxyError as exc:
+        record.outcome = metrics.error_outcome(exc)
         logger.warning("stream %s ended by %s: %s", request_id, exc.error_type, exc.message)
         yield error_event(exc, request_id)
-    except Exception:  # noqa: BLE001 - the client must still get an error event
+    except Exception as exc:  # noqa: BLE001 - the client must still get an error event
+        record.outcome = metrics.error_outcome(exc)
         logger.exception("unexpected failure while streaming %s", request_id)
         yield error_event(ProxyError(INTERNAL_ERROR), request_id)
     finally:
@@ -78,12 +83,11 @@ def _sse(batches: Iterator[list[dict]], request_id: str) -> Iterator[bytes]:
 def create_message():
     """Create a message, streamed as SSE when `stream` is true."""
     payload = _json_object()
-    g.model = payload.get("model")
-    g.streamed = payload.get("stream") is True
     message = _proxy().validate(payload)
-    events = _proxy().open_message(message)
-    if g.streamed:
-        return Response(_sse(events, g.request_id), status=200, mimetype="text/event-stream",
+    events = _proxy().open_message(message, record=g.record)
+    if message.stream:
+        body = metrics.observe_stream(_sse(events, g.record), g.record)
+        return Response(body, status=200, mimetype="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
     try:
         return jsonify(collect_message(chain.from_iterable(events)))
@@ -135,6 +139,15 @@ def get_model(model_id: str):
 def health():
     """Liveness and token state; never a secret."""
     return jsonify({"status": "ok", **_proxy().tokens.status()})
+
+
+@bp.get("/metrics")
+def prometheus_metrics():
+    """Prometheus figures of every worker: open to loopback, else METRICS_KEY (see README)."""
+    settings = _proxy().settings
+    check_metrics_access(request.headers, request.remote_addr, settings.metrics_key)
+    body, content_type = metrics.exposition(settings.metrics_dir, request.headers.get("Accept", ""))
+    return Response(body, content_type=content_type)
 
 
 @bp.route("/api/hello", methods=["GET", "HEAD"])

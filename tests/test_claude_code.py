@@ -90,5 +90,6 @@ def test_non_streaming_fallback(claude_bin, amq_server, fake_q, tmp_path):
     output = run_claude(claude_bin, amq_server, tmp_path, "say something")
     assert output["result"] == "Answer after the fallback."
     log = amq_server.log()[log_start:]
-    assert re.search(r"POST /v1/messages 200 \S+ model=\S+ stream=True", log)
-    assert re.search(r"POST /v1/messages 200 \S+ model=\S+ stream=False", log)  # the fallback
+    # the stream Q broke off, then the non-streaming retry
+    assert re.search(r"POST /v1/messages 200 outcome=upstream_api_error model=\S+", log)
+    assert re.search(r"POST /v1/messages 200 outcome=none model=\S+", log)  # the fallback

@@ -45,7 +45,7 @@ def test_four_workers_share_one_rotating_login(tmp_path):
             server.stop()
 
         refreshes = [e for e in fake.token_log if e["grantType"] == "refresh_token"]
-        served_by = set(re.findall(r"\[(\d+)\] INFO amq: POST /v1/messages 200", log))
+        served_by = set(re.findall(r"\[(\d+)\] INFO amq\.access: POST /v1/messages 200", log))
         refreshed_by = re.findall(r"\[(\d+)\] INFO amq\.tokens: access token refreshed", log)
         gaps = [b["at"] - a["at"] for a, b in zip(refreshes, refreshes[1:])]
         summary = (f"{len(statuses)} requests, {len(refreshes)} refreshes by workers {refreshed_by}, "
