@@ -33,6 +33,11 @@ except ConfigError as exc:
 METRICS_DIR_PREFIX = "amq-metrics-"
 if not _server.metrics_dir:
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix=METRICS_DIR_PREFIX)
+else:
+    try:
+        os.makedirs(_server.metrics_dir, exist_ok=True)
+    except OSError as exc:
+        sys.exit(f"amq: configuration error: PROMETHEUS_MULTIPROC_DIR cannot be created: {exc.strerror}")
 
 bind = f"0.0.0.0:{_server.port}"
 worker_class = "gevent"

@@ -62,14 +62,14 @@ DEFAULTS: dict[str, str] = {
     "MAX_REQUEST_BYTES": str(32 * 1024 * 1024),
     "PORT": "8080",
     "LOG_LEVEL": "INFO",
-    # gunicorn worker processes; each gevent worker serves many streams.
-    "WEB_CONCURRENCY": "2",
     # "text" (readable lines) or "json" (one JSON object per line, for log drains).
     "LOG_FORMAT": "text",
     # Bearer key a scraper sends for /metrics from other hosts; loopback needs none.
     "METRICS_KEY": "",
     # Where gunicorn workers keep their metric files (gunicorn.conf.py sets it; empty: one process).
     "PROMETHEUS_MULTIPROC_DIR": "",
+    # gunicorn worker processes; each gevent worker serves many streams.
+    "WEB_CONCURRENCY": "2",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
 }

@@ -19,6 +19,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from .translate import Usage
+
 # LLM streams: a first byte in a fraction of a second, whole answers of up to ten minutes.
 LATENCY_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 LOCK_WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -72,15 +74,6 @@ TOKEN_REFRESHES = Counter(
 REFRESH_LOCK_WAIT = Histogram(
     "amq_token_refresh_lock_wait_seconds", "Time spent waiting for the refresh lock.",
     buckets=LOCK_WAIT_BUCKETS, registry=REGISTRY)
-
-
-@dataclass
-class Usage:
-    """What an answer cost: tokens, and credits when Q reported them."""
-
-    input_tokens: int
-    output_tokens: int
-    credits: float | None = None
 
 
 @dataclass
@@ -176,6 +169,10 @@ def observe_stream(chunks: Iterable[bytes], record: RequestRecord,
     except GeneratorExit:
         if record.outcome == NOT_A_STREAM:
             record.outcome = "client_gone"  # the server closes the body when a write fails
+        raise
+    except BaseException:
+        if record.outcome == NOT_A_STREAM:
+            record.outcome = "aborted"  # the worker stopped it (shutdown, a gevent Timeout)
         raise
     finally:
         STREAMS_IN_FLIGHT.dec()

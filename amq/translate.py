@@ -8,8 +8,8 @@ import json
 import secrets
 import string
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 
-from .metrics import Usage
 from .tokencount import CHARS_PER_TOKEN, estimate_tokens
 
 _ALPHABET = string.ascii_letters + string.digits
@@ -24,6 +24,15 @@ def new_id(prefix: str) -> str:
         number, digit = divmod(number, 62)
         chars.append(_ALPHABET[digit])
     return prefix + "".join(chars)
+
+
+@dataclass
+class Usage:
+    """What an answer cost: tokens, and credits when Q reported them."""
+
+    input_tokens: int
+    output_tokens: int
+    credits: float | None = None
 
 
 class StreamTranslator:

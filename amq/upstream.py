@@ -45,6 +45,10 @@ def transport_errors(url: str, *, mid_answer: bool = False) -> Iterator[None]:
         yield
     except TRANSPORT_ERRORS as exc:
         kind = type(exc).__name__
+        # The cause, for the operator (a missing CA bundle and a refused connection look alike
+        # to the client); URLs and socket errors carry no credentials.
+        logger.warning("transport error talking to Amazon Q%s: %s: %.200s",
+                       " mid-answer" if mid_answer else "", kind, exc)
         if mid_answer:
             if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
                     or "timed out" in str(exc).lower():

@@ -30,9 +30,9 @@ import subprocess
 import sys
 import tempfile
 
-import _common  # noqa: F401  (puts the repo root on sys.path)
+import common  # noqa: F401  (puts the repo root on sys.path)
 import requests
-from _common import SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, save, verdict
+from common import SMALL_REQUEST, AmqProcess, FastQProcess, cpu_seconds, loadavg, machine, save, verdict
 
 TARGET = 0.05
 HEADERS = {"Content-Type": "application/json", "x-api-key": "sk-bench", "anthropic-version": "2023-06-01"}
@@ -83,7 +83,7 @@ def instrumentation(iterations: int, multiprocess: bool, log_format: str) -> flo
         if multiprocess:
             env["PROMETHEUS_MULTIPROC_DIR"] = directory
         out = subprocess.run([sys.executable, "-c", _INSTRUMENTATION, str(iterations), log_format],
-                             cwd=_common.ROOT, env=env, capture_output=True, text=True, check=True)
+                             cwd=common.ROOT, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout)["us_per_request"]
 
 

@@ -38,6 +38,9 @@ def clean_environ(environ: Mapping[str, str], home: Path) -> dict[str, str]:
     so neither a developer's `.env` values nor their credential store reach a test."""
     env = {key: value for key, value in environ.items() if not is_amq_setting(key)}
     env["HOME"] = str(home)
+    # The entry points (wsgi.py, gunicorn.conf.py, `flask`) load the checkout's `.env`:
+    # python-dotenv skips it when this is set, so a developer's `.env` reaches no server a test starts.
+    env["PYTHON_DOTENV_DISABLED"] = "1"
     for name in STATE_DIRS:
         env[name] = str(home / ("." + name.removeprefix("XDG_").removesuffix("_HOME").lower()))
     return env

@@ -71,7 +71,8 @@ def runtime_venv(tmp_path_factory) -> Path:
 def runtime_env(venv: Path, home: Path, **settings: str) -> dict:
     """The environment of a shell whose virtualenv is `venv`: no amq setting, Python or Flask
     variable from the outside, only `settings`."""
-    env = {k: v for k, v in clean_environ(os.environ, home).items() if not k.startswith(("PYTHON", "FLASK_"))}
+    env = {k: v for k, v in clean_environ(os.environ, home).items()
+           if not k.startswith(("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "FLASK_"))}
     env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", VIRTUAL_ENV=str(venv))
     env.update(settings)
     return env
@@ -202,9 +203,12 @@ def test_bare_install_without_a_login_says_what_is_missing(runtime_venv, tmp_pat
     port = free_port()
     env = runtime_env(runtime_venv, tmp_path, PORT=str(port),
                       AMAZONQ_TOKEN_CACHE=str(tmp_path / "empty" / "token.json"))
-    result = subprocess.run(["bash", "-c", procfile_web_command()], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=60)
-    output = (result.stdout + result.stderr).strip()
-    assert result.returncode != 0
+    server = Booted(procfile_web_command(), env, port, tmp_path / "server.log")
+    try:
+        returncode = server.process.wait(60)
+    finally:
+        server.stop()  # the whole process group, should it have started after all
+    output = server.output().strip()
+    assert returncode != 0
     assert "Traceback" not in output
     assert output.splitlines()[-1].startswith("amq: configuration error: AMAZONQ_REFRESH_TOKEN is not set"), output

@@ -12,8 +12,8 @@ from amq.config import ConfigError, load_settings
 from amq.errors import BadGateway, Overloaded, RateLimited
 from amq.logs import JsonFormatter, access_fields, key_fingerprint, log_access
 from app import create_app
-from tests.conftest import amq_env
 from tests.fakeq import typical_reply
+from tests.support import amq_env
 
 REMOTE = {"REMOTE_ADDR": "203.0.113.9"}
 
@@ -212,8 +212,10 @@ def test_metrics_without_gunicorn_count_this_process(fake_q, tmp_path, monkeypat
     ("k-123", REMOTE, {"x-api-key": "client-key"}, 401),
     ("", {}, {"X-Forwarded-For": "203.0.113.9"}, 401),
     ("k-123", {}, {"X-Forwarded-For": "203.0.113.9", "Authorization": "Bearer k-123"}, 200),
+    ("k-123", {}, {}, 401),
+    ("", {}, {"Via": "1.1 router"}, 401),
 ], ids=["loopback", "remote-no-key-set", "remote-key", "remote-wrong-key", "client-key",
-        "proxied", "proxied-key"])
+        "proxied", "proxied-key", "loopback-once-a-key-is-set", "via-a-router"])
 def test_who_may_scrape(tmp_path, metrics_key, environ, headers, status):
     app = create_app({"AMAZONQ_TOKEN_CACHE": str(tmp_path / "t.json"), "METRICS_KEY": metrics_key,
                       "PROXY_API_KEYS": "client-key"}, require_credentials=False)

@@ -19,9 +19,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import AmqServer, amq_env
 from tests.eventstream_encode import encode_event, encode_exception
 from tests.fakeq import FakeQ, raw_reply, text_reply, typical_reply
+from tests.support import AmqServer, amq_env
 
 API_KEY = "sk-amq-monitoring-test-key-0123456789"
 METRICS_KEY = "metrics-scraper-key-9876543210"
@@ -31,8 +31,9 @@ N = 24
 
 
 def scrape(server: AmqServer, **headers) -> str:
-    response = requests.get(server.url + "/metrics", headers=dict(headers, Connection="close"),
-                            timeout=10)
+    """The figures, as a scraper holding METRICS_KEY gets them (servers without one ignore it)."""
+    headers = {"Authorization": f"Bearer {METRICS_KEY}", "Connection": "close", **headers}
+    response = requests.get(server.url + "/metrics", headers=headers, timeout=10)
     assert response.status_code == 200, response.text
     assert response.headers["Content-Type"].startswith("text/plain; version=")
     return response.text
@@ -159,9 +160,10 @@ def test_json_logs_and_metrics_across_two_workers(tmp_path, metrics_dir):
             # typical_reply carries Q's meteringEvent of 0.0097 credits per answer
             assert total(text, "amq_credits_total") == pytest.approx(0.0097 * N)
 
-            # Remote scrapers (here: behind a proxy) need METRICS_KEY; a client key is not enough.
+            # With METRICS_KEY set every scraper needs it, local or not; a client key is not enough.
             forwarded = {"X-Forwarded-For": "203.0.113.9", "Connection": "close"}
             assert requests.get(server.url + "/metrics", headers=forwarded).status_code == 401
+            assert requests.get(server.url + "/metrics", headers={"Connection": "close"}).status_code == 401
             assert requests.get(server.url + "/metrics", timeout=10, headers=dict(
                 forwarded, Authorization=f"Bearer {API_KEY}")).status_code == 401
             scrape(server, **{"X-Forwarded-For": "203.0.113.9",

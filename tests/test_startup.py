@@ -47,3 +47,17 @@ def test_factory_builds_an_app_that_answers_health(tmp_path):
     assert response.status_code == 200
     assert response.get_json() == {"status": "ok", "has_token": False, "token_expired": False}
     assert response.headers["request-id"].startswith("req_")
+
+
+def test_gunicorn_names_a_metrics_directory_it_cannot_create(tmp_path):
+    (tmp_path / "a-file").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AMAZONQ_")}
+    env.update({"HOME": str(tmp_path), "AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c",
+                "AMAZONQ_CLIENT_SECRET": "s", "AMAZONQ_TOKEN_CACHE": str(tmp_path / "t.json"),
+                "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "a-file" / "metrics")})
+    result = subprocess.run([sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "wsgi:app"], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "amq: configuration error: PROMETHEUS_MULTIPROC_DIR cannot be created")
+    assert "Traceback" not in result.stderr
