@@ -18,10 +18,10 @@ from werkzeug.exceptions import HTTPException
 from amq.access import check_access
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
+from amq.credentials.manager import TokenManager
 from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
-from amq.tokens import TokenManager
 from amq.upstream import QClient, new_session
 from amq.views import bp
 

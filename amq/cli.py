@@ -14,10 +14,10 @@ from flask import current_app
 from flask.cli import with_appcontext
 
 from .config import DEFAULT_REGION, Settings, oidc_url
+from .credentials.importer import ImportFailed, find_login
+from .credentials.login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
+from .credentials.record import iso_time, stored_token
 from .errors import ProxyError
-from .importer import ImportFailed, find_login
-from .login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
-from .tokens import TokenCache, iso_time, stored_token
 
 
 def register_commands(app) -> None:
@@ -67,7 +67,7 @@ def _when(epoch: float, now: float) -> str:
 def login_command(start_url: str, region: str, oidc_override: str | None):
     """Log in to Amazon Q (device code flow) and store the login for amq."""
     settings = _proxy().settings
-    cache = TokenCache(settings.token_cache)
+    cache = _proxy().tokens.store
     region_given = click.get_current_context().get_parameter_source("region") != ParameterSource.DEFAULT
     oidc = OidcClient(_oidc_base(settings, oidc_override, region, region_given), requests.Session(),
                       timeout=(settings.connect_timeout, 30.0))
@@ -77,7 +77,7 @@ def login_command(start_url: str, region: str, oidc_override: str | None):
     except LoginError as exc:
         raise click.ClickException(str(exc)) from None
     cache.replace_login(record)
-    click.echo(f"Logged in. The login is stored in {cache.path} (mode 0600).")
+    click.echo(f"Logged in. The login is stored in {cache.location} (mode 0600).")
     _warn_environment(settings)
     if start_url != BUILDER_ID_START_URL and not settings.profile_arn:
         click.echo("IAM Identity Center: set AMAZONQ_PROFILE_ARN to your Amazon Q Developer profile "
@@ -101,11 +101,11 @@ def import_command(path: str | None, kiro: bool):
         found = find_login(path, prefer="Kiro CLI" if kiro else None)
     except ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
-    cache = TokenCache(settings.token_cache)
+    cache = _proxy().tokens.store
     cache.replace_login(found.record)
     record = found.record
     expiry = record.get("clientSecretExpiresAt")
-    click.echo(f"Imported the {found.source} login from {found.path} into {cache.path} "
+    click.echo(f"Imported the {found.source} login from {found.path} into {cache.location} "
                f"(region {record['region']}"
                + (f", registration valid until {iso_time(expiry)}" if expiry else "") + ").")
     for note in found.notes:
@@ -129,9 +129,9 @@ def status_command(offline: bool):
     proxy = _proxy()
     settings, tokens = proxy.settings, proxy.tokens
     now = time.time()
-    stored = tokens.cache.load()
+    stored = tokens.store.load(tokens.account)
     if tokens.missing:
-        click.echo(f"credentials: none ({tokens.missing} is not set and {tokens.cache.path} holds "
+        click.echo(f"credentials: none ({tokens.missing} is not set and {tokens.store.location} holds "
                    "no login). Run `flask --app app login` or `flask --app app import-q-cli`.")
         raise click.exceptions.Exit(1)
     owns = tokens.owns(stored)
@@ -147,7 +147,7 @@ def status_command(offline: bool):
     else:
         text = f"imported from the {source}"
     click.echo(f"credentials: {text}")
-    click.echo(f"store: {tokens.cache.path}" + ("" if owns else " (holds no login of these credentials yet)"))
+    click.echo(f"store: {tokens.store.location}" + ("" if owns else " (holds no login of these credentials yet)"))
     if owns and (stored.get("region") or stored.get("startUrl")):
         click.echo(f"login: region {stored.get('region', '?')}, start URL {stored.get('startUrl', '?')}")
     click.echo(f"token endpoint: {tokens.token_endpoint}")

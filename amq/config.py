@@ -57,6 +57,13 @@ DEFAULTS: dict[str, str] = {
     "LOG_LEVEL": "INFO",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
+    # Empty: the credential store is the file AMAZONQ_TOKEN_CACHE. redis:// or rediss:// (TLS):
+    # logins and refresh locks live in that Redis, shared by every instance.
+    "REDIS_URL": "",
+    # "none" accepts the self-signed certificates of PaaS Redis add-ons (rediss:// only).
+    "REDIS_TLS_VERIFY": "required",
+    # Put before every key amq writes, so several deployments can share one Redis.
+    "REDIS_KEY_PREFIX": "amq:",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
@@ -87,6 +94,9 @@ class Settings:
     port: int = 8080
     log_level: str = "INFO"
     worker_connections: int = 1000
+    redis_url: str = field(default="", repr=False)  # may hold a password
+    redis_tls_verify: str = "required"
+    redis_key_prefix: str = "amq:"
 
 
 def _parse_model_map(raw: str) -> dict[str, str]:
@@ -124,6 +134,10 @@ def load_settings(environ: dict | None = None) -> Settings:
         raise ConfigError(f"LOG_LEVEL must be one of {', '.join(LOG_LEVELS)}, got '{values['LOG_LEVEL']}'")
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
+    if values["REDIS_URL"] and not values["REDIS_URL"].startswith(("redis://", "rediss://")):
+        raise ConfigError("REDIS_URL must start with redis:// or rediss:// (TLS)")
+    if values["REDIS_TLS_VERIFY"] not in ("required", "none"):
+        raise ConfigError(f"REDIS_TLS_VERIFY must be 'required' or 'none', got '{values['REDIS_TLS_VERIFY']}'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
@@ -149,4 +163,7 @@ def load_settings(environ: dict | None = None) -> Settings:
         port=_number(values, "PORT", int),
         log_level=values["LOG_LEVEL"].upper(),
         worker_connections=_number(values, "WORKER_CONNECTIONS", int),
+        redis_url=values["REDIS_URL"],
+        redis_tls_verify=values["REDIS_TLS_VERIFY"],
+        redis_key_prefix=values["REDIS_KEY_PREFIX"],
     )

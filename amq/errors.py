@@ -143,3 +143,12 @@ def map_upstream_error(status: int, code: str, reason: str, message: str) -> Pro
         return UpstreamFailure(text)
     return InvalidRequest(text) if 400 <= status < 500 else UpstreamFailure(text)
 
+
+
+class StoreUnavailable(ProxyError):
+    """The credential store (Redis) does not answer: only a request that needs a refresh fails."""
+
+    status, error_type = 503, "api_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"retry-after": "5"})

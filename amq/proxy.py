@@ -10,7 +10,7 @@ from .convert import convert_request
 from .errors import InvalidRequest
 from .models import ModelCatalogue
 from .tokencount import count_request_tokens
-from .tokens import TokenManager
+from .credentials.manager import TokenManager
 from .translate import StreamTranslator, translate
 from .upstream import QClient
 

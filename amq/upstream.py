@@ -19,7 +19,7 @@ from .errors import (BadGateway, GatewayTimeout, ProxyError, UpstreamFailure,
                      is_invalid_bearer, map_upstream_error, parse_upstream_error)
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import QModel
-from .tokens import TokenManager
+from .credentials.manager import TokenManager
 
 logger = logging.getLogger(__name__)
 

@@ -206,7 +206,7 @@ def test_connection_refused_is_502(tmp_path, fake_q):
 
 @responses.activate
 def test_dns_failure_is_502(tmp_path):
-    from amq.tokens import AccessToken
+    from amq.credentials.record import AccessToken
     responses.post("https://q.example.invalid/", body=requests.ConnectionError(
         "Failed to resolve 'q.example.invalid' ([Errno -2] Name or service not known)"))
     app = create_app({"AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c", "AMAZONQ_CLIENT_SECRET": "s",

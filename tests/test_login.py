@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from amq.importer import default_paths
-from amq.login import BUILDER_ID_START_URL, SCOPES, LoginError, OidcClient, device_login
+from amq.credentials.importer import default_paths
+from amq.credentials.login import BUILDER_ID_START_URL, SCOPES, LoginError, OidcClient, device_login
 from app import create_app
 from tests.conftest import ROOT, AmqServer
 from tests.fakeq import FakeQ
