@@ -19,6 +19,7 @@ from amq.access import check_access
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
 from amq.credentials.manager import TokenManager
+from amq.credentials.store import report_store
 from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
@@ -145,6 +146,9 @@ def check_settings() -> None:
     """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
     try:
         load_dotenv()
-        TokenManager.from_settings(load_settings(), new_session(1))
+        settings = load_settings()
+        tokens = TokenManager.from_settings(settings, new_session(1))
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")
+    _configure_logging(settings.log_level)
+    report_store(tokens.store)  # once, in the master: whether the logins survive a Redis restart

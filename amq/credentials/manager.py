@@ -139,6 +139,7 @@ class TokenManager:
                       account=account, **kwargs)
         manager.missing = missing
         manager._seen_version = _version(stored)
+        manager._next_check = manager._monotonic() + cls.RECHECK_INTERVAL
         if same_login:
             manager._token = stored_token(stored)
             if stored.get("refreshToken"):
@@ -270,6 +271,7 @@ class TokenManager:
     def _load(self) -> LoginRecord:
         stored = self.store.load(self.account)
         self._seen_version = self._expected = _version(stored)
+        self._next_check = self._monotonic() + self.RECHECK_INTERVAL
         return stored
 
     def _renew(self, stale: str | None) -> AccessToken:
@@ -394,7 +396,7 @@ class TokenManager:
             new.update(accessToken=token.token, expiresAt=token.expires_at, obtainedAt=started)
         else:
             new["refreshStartedAt"] = started  # the service may have rotated without telling us
-        self._store_answer(new, started)
+        self._store_answer(new, started, sent)
         self._refresh_token = new["refreshToken"]
         if token is None:
             raise UpstreamFailure("the Amazon Q token service sent an unreadable answer")
@@ -404,17 +406,33 @@ class TokenManager:
                     ", refresh token rotated" if rotated and rotated != sent else "")
         return token
 
-    def _store_answer(self, new: LoginRecord, started: float) -> None:
-        """Write CreateToken's answer; if that is impossible, say the refresh token is lost."""
-        try:
-            self._save(new)
-            return
-        except StaleWrite as exc:
-            reason = f"the record changed meanwhile (version {exc.current}, this writer read {exc.expected})"
-        except StoreUnavailable as exc:
-            reason = exc.message
+    def _store_answer(self, new: LoginRecord, started: float, sent: str) -> None:
+        """Write CreateToken's answer; if that is impossible, say the refresh token is lost.
+
+        A refused (fenced) write is retried only while the store still holds the refresh token
+        this refresh sent, or ours: then nothing newer is there (someone merely cleared a
+        marker). Any other login there is newer than ours and stays.
+        """
+        for _ in range(3):
+            try:
+                self._save(new)
+                return
+            except StaleWrite as exc:
+                reason = (f"the record changed meanwhile (version {exc.current}, this writer read "
+                          f"{exc.expected})")
+            except StoreUnavailable as exc:
+                reason = exc.message
+                break
+            try:
+                current = self._load()
+            except StoreUnavailable as exc:
+                reason = exc.message
+                break
+            if current.get("refreshToken") not in (sent, new.get("refreshToken")):
+                reason += " and holds another login"
+                break
         logger.error("the refresh token issued at %s for account %s could not be stored (%s): it is "
-                     "lost when this process stops; the store keeps its own login",
+                     "lost when this process stops; the store keeps what it holds",
                      iso_time(started), self.account, reason)
 
     def _store(self) -> None:

@@ -302,3 +302,13 @@ def open_store(settings: Settings, *, check: bool = True) -> CredentialStore:
 def open_file_store(settings: Settings) -> FileStore:
     """The file store whatever REDIS_URL says (for copying a login between the backends)."""
     return FileStore(settings.token_cache, lock_timeout=lock_ttl(settings) + 20.0)
+
+
+def report_store(store: CredentialStore) -> None:
+    """One log line at start naming the store; a warning when Redis keeps no data on disk."""
+    if store.kind != "redis":
+        logger.info("credential store: file %s", store.location)
+        return
+    from .redis_store import warn_if_volatile
+
+    warn_if_volatile(store)  # type: ignore[arg-type]
