@@ -177,7 +177,7 @@ def test_status_reports_a_refused_login(tmp_path, fake):
 
 
 def make_database(path: Path, prefix: str, *, token=None, registration=None, profile=None, extra=None):
-    """A SQLite file in the layout the Q CLI and Kiro CLI use (spec 4.4)."""
+    """A SQLite file in the layout the Q CLI and Kiro CLI use (docs/oidc.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path)
     connection.execute("CREATE TABLE auth_kv (key TEXT PRIMARY KEY, value TEXT)")

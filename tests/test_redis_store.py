@@ -207,3 +207,65 @@ def test_tls_verify_none_is_only_for_rediss_and_settings_reject_nonsense():
         load_settings({"REDIS_TLS_VERIFY": "maybe"})
     with pytest.raises(ConfigError, match="REDIS_URL"):
         load_settings({"REDIS_URL": "http://localhost"})
+
+
+# --------------------------------------------------------------------------- the commands on Redis
+
+def invoke(fake, tmp_path, *args, **settings):
+    config = {"AMAZONQ_TOKEN_CACHE": str(tmp_path / "store.json"), "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+              "AMAZONQ_API_ENDPOINT": fake.url, **settings}
+    return create_app(config, require_credentials=False).test_cli_runner().invoke(args=list(args))
+
+
+def test_login_into_redis_then_status_names_backend_lock_refresh_and_persistence(tmp_path, fake, prefix):
+    fake.auto_approve = True
+    with RedisServer(tmp_path / "r", password="pw-secret") as server:
+        redis_settings = {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix}
+        login = invoke(fake, tmp_path, "login", "--oidc-url", fake.url, **redis_settings)
+        assert login.exit_code == 0, login.output
+        assert f"Redis at redis://:***@127.0.0.1:{server.port}/0 (account default)" in login.output
+        assert not (tmp_path / "store.json").exists()  # nothing went to the file store
+        stored = RedisStore(server.client(), prefix=prefix).load()
+        assert stored["source"] == "login" and fake.refresh_token_valid(stored["refreshToken"])
+
+        status = invoke(fake, tmp_path, "status", **redis_settings)
+    assert status.exit_code == 0, status.output
+    assert f"store: redis redis://:***@127.0.0.1:{server.port}/0 (key prefix {prefix})" in status.output
+    assert f"lock: {prefix}lock:default: free" in status.output
+    assert "persistence: none" in status.output and "warning: this Redis reports no persistence" in status.output
+    assert "last refresh: " in status.output and "live check: OK" in status.output
+    secrets = [fake.client_secret, stored["refreshToken"], stored["clientSecret"], "pw-secret"]
+    assert not [s for s in secrets if s in login.output + status.output]
+
+
+def test_copy_login_from_the_file_store_into_redis_and_back(tmp_path, fake, redis_server, prefix):
+    from amq.credentials.store import FileStore
+
+    files = FileStore(str(tmp_path / "store.json"))
+    files.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                         "refreshToken": fake.refresh_token, "source": "login", "seed": ""})
+    redis_settings = {"REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": prefix}
+    copied = invoke(fake, tmp_path, "copy-login", "--to", "redis", **redis_settings)
+    assert copied.exit_code == 0, copied.output
+    in_redis = RedisStore(redis_server.client(), prefix=prefix)
+    assert in_redis.load()["refreshToken"] == fake.refresh_token
+    assert fake.refresh_token not in copied.output and fake.client_secret not in copied.output
+
+    # serve from Redis: the refresh rotates the token there; copy the newer login back
+    status = invoke(fake, tmp_path, "status", **redis_settings)
+    assert status.exit_code == 0, status.output
+    rotated = in_redis.load()["refreshToken"]
+    assert rotated != files.load()["refreshToken"]
+    refused = invoke(fake, tmp_path, "copy-login", "--to", "file", **redis_settings)
+    assert refused.exit_code != 0 and "--force" in refused.output
+    back = invoke(fake, tmp_path, "copy-login", "--to", "file", "--force", **redis_settings)
+    assert back.exit_code == 0, back.output
+    assert files.load()["refreshToken"] == rotated and fake.refresh_token_valid(rotated)
+
+
+def test_copy_login_says_what_is_missing(tmp_path, fake, redis_server, prefix):
+    no_redis = invoke(fake, tmp_path, "copy-login", "--to", "redis")
+    assert no_redis.exit_code != 0 and "REDIS_URL is not set" in no_redis.output
+    empty = invoke(fake, tmp_path, "copy-login", "--to", "redis", REDIS_URL=redis_server.url,
+                   REDIS_KEY_PREFIX=prefix)
+    assert empty.exit_code != 0 and "holds no login to copy" in empty.output
