@@ -89,7 +89,8 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         settings = load_settings(environ)
         session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
-        tokens = TokenManager.from_settings(settings, session, required=required)
+        tokens = TokenManager.from_settings(settings, session, required=required,
+                                            store_outage_ok=_store_checked and required)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None
     _configure_logging(settings.log_level)
@@ -142,8 +143,16 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     return app
 
 
+_store_checked = False  # set in the gunicorn master; its forked workers inherit it
+
+
 def check_settings() -> None:
-    """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
+    """Fail fast, in the gunicorn master before any worker forks, naming a missing setting.
+
+    Once this passed, a worker (re)started during a Redis outage serves (503 for requests that
+    need a refresh) instead of failing to boot, which would stop the whole server.
+    """
+    global _store_checked
     try:
         load_dotenv()
         settings = load_settings()
@@ -151,4 +160,5 @@ def check_settings() -> None:
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")
     _configure_logging(settings.log_level)
+    _store_checked = True
     report_store(tokens.store)  # once, in the master: whether the logins survive a Redis restart

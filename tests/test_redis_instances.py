@@ -216,3 +216,30 @@ def test_redis_stopped_and_started_under_load(tmp_path):
     assert after and all(status == 200 for _, status, _ in after), after[:3]  # recovered by itself
     assert "Traceback" not in log
 
+
+
+def test_a_worker_restarted_during_a_redis_outage_serves_503_then_recovers(tmp_path):
+    """gunicorn halts when a worker fails to boot; a worker that starts while Redis is away must
+    boot anyway (the master's start-up check passed), answer 503, and recover by itself."""
+    with RedisServer(tmp_path / "redis", durable=True) as redis, FakeQ() as fake:
+        store_login(redis, fake)
+        server = AmqServer(instance_env(fake, redis, tmp_path / "home"), tmp_path / "amq.log", workers=1)
+        try:
+            assert requests.post(server.url + "/v1/messages", json=BODY, timeout=30, headers=HEADERS).ok
+            redis.stop()
+            old = worker_pids(server)
+            os.kill(old[0], signal.SIGKILL)
+            deadline = time.monotonic() + 20
+            while worker_pids(server) in ([], old):
+                assert time.monotonic() < deadline, server.log()
+                time.sleep(0.1)
+            time.sleep(1)
+            during = requests.post(server.url + "/v1/messages", json=BODY, timeout=30, headers=HEADERS)
+            redis.start()
+            after = requests.post(server.url + "/v1/messages", json=BODY, timeout=30, headers=HEADERS)
+            log = server.log()
+        finally:
+            server.stop()
+    assert during.status_code == 503 and "unreachable" in during.json()["error"]["message"], during.text
+    assert after.status_code == 200, after.text
+    assert server.process.returncode is not None and "Traceback" not in log

@@ -102,19 +102,24 @@ class TokenManager:
     @classmethod
     def from_settings(cls, settings: Settings, session: requests.Session, *, required: bool = True,
                       store: CredentialStore | None = None, account: str = DEFAULT_ACCOUNT,
-                      **kwargs) -> TokenManager:
+                      store_outage_ok: bool = False, **kwargs) -> TokenManager:
         """Combine the environment with the store; the store's refresh token wins unless the
         environment now holds different credentials (a new login).
 
+        `store_outage_ok`: a worker started while Redis is away (the start-up check passed
+        earlier) serves anyway and takes the login from the store once it answers.
         :raises ConfigError: naming a credential found in neither place, if `required`, or
             naming REDIS_URL when the Redis store cannot be used.
         """
         read_timeout = min(settings.read_timeout, 60.0)
-        store = store if store is not None else open_store(settings)
+        store = store if store is not None else open_store(settings, check=not store_outage_ok)
         try:
             stored = store.load(account)
         except StoreUnavailable as exc:
-            raise ConfigError(exc.message) from None
+            if not store_outage_ok:
+                raise ConfigError(exc.message) from None
+            logger.warning("%s; requests that need the login get 503 until it answers", exc.message)
+            stored, required = {}, False
         client_id = settings.client_id or stored.get("clientId", "")
         client_secret = settings.client_secret or stored.get("clientSecret", "")
         env_seed = seed(settings.client_id, settings.refresh_token) if settings.refresh_token else ""
