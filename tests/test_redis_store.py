@@ -269,3 +269,38 @@ def test_copy_login_says_what_is_missing(tmp_path, fake, redis_server, prefix):
     empty = invoke(fake, tmp_path, "copy-login", "--to", "redis", REDIS_URL=redis_server.url,
                    REDIS_KEY_PREFIX=prefix)
     assert empty.exit_code != 0 and "holds no login to copy" in empty.output
+
+
+GEVENT_WAITER = """
+from gevent import monkey
+monkey.patch_all()
+import sys, time, gevent, redis
+sys.path.insert(0, sys.argv[1])
+from amq.credentials.redis_store import RedisStore
+store = RedisStore(redis.Redis.from_url(sys.argv[2]), prefix=sys.argv[3], lock_ttl=10, lock_wait=5)
+holder = store.lock()
+holder.acquire()
+ticks = []
+def ticker():
+    while len(ticks) < 1000:
+        ticks.append(time.monotonic())
+        gevent.sleep(0.01)
+def waiter():
+    store.lock().acquire()
+    ticks.append("locked")
+gevent.spawn(ticker)
+waiting = gevent.spawn(waiter)
+gevent.sleep(0.05)
+start = len(ticks)
+gevent.spawn_later(0.4, holder.release)
+waiting.join(5)
+print(len([t for t in ticks[start:] if t != "locked"]), "locked" in ticks)
+"""
+
+
+def test_waiting_for_the_redis_lock_keeps_a_gevent_worker_serving(redis_server, prefix):
+    result = subprocess.run([sys.executable, "-c", GEVENT_WAITER, str(ROOT), redis_server.url, prefix],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ticks, locked = result.stdout.split()
+    assert locked == "True" and int(ticks) >= 10  # ~40 expected in 0.4 s
