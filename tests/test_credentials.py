@@ -265,7 +265,7 @@ KILL_CHILD = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, sys.argv[1])
     import requests
-    import amq.credentials.manager, amq.credentials.oidc, amq.credentials.store
+    import amq.credentials.manager, amq.credentials.oidc, amq.credentials.redis_store, amq.credentials.store
     from amq.config import load_settings
     from amq.errors import ProxyError
     kill_at, count = int(sys.argv[2]), 0
@@ -279,7 +279,8 @@ KILL_CHILD = textwrap.dedent("""
         return line
     def tracer(frame, event, arg):
         return line if frame.f_code.co_filename in TRACED else None
-    TRACED = {m.__file__ for m in (amq.credentials.manager, amq.credentials.oidc, amq.credentials.store)}
+    TRACED = {m.__file__ for m in (amq.credentials.manager, amq.credentials.oidc, amq.credentials.store,
+                                   amq.credentials.redis_store)}
     manager = amq.credentials.manager.TokenManager.from_settings(load_settings(), requests.Session())
     sys.settrace(tracer)  # counts (and maybe kills at) each line run in the credential modules
     try:
