@@ -18,11 +18,12 @@ from amq import metrics
 from amq.access import check_access, presented_key
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
+from amq.credentials.manager import TokenManager
+from amq.credentials.store import report_store
 from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.logs import configure_logging, key_fingerprint, log_access
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
-from amq.tokens import TokenManager
 from amq.upstream import QClient, new_session
 from amq.views import bp
 
@@ -89,7 +90,9 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         settings = load_settings(overrides=test_config)
         session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
-        tokens = TokenManager.from_settings(settings, session, required=required)
+        tokens = TokenManager.from_settings(settings, session, required=required,
+                                            store_outage_ok=_store_checked and required,
+                                            on_refresh=metrics.record_refresh)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None
     configure_logging(settings.log_level, settings.log_format)
@@ -137,9 +140,21 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     return app
 
 
+_store_checked = False  # set in the gunicorn master; its forked workers inherit it
+
+
 def check_settings() -> None:
-    """Fail fast, in the gunicorn master before any worker forks, naming a missing setting."""
+    """Fail fast, in the gunicorn master before any worker forks, naming a missing setting.
+
+    Once this passed, a worker (re)started during a Redis outage serves (503 for requests that
+    need a refresh) instead of failing to boot, which would stop the whole server.
+    """
+    global _store_checked
     try:
-        TokenManager.from_settings(load_settings(), new_session(1))
+        settings = load_settings()
+        tokens = TokenManager.from_settings(settings, new_session(1))
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")
+    configure_logging(settings.log_level, settings.log_format)
+    _store_checked = True
+    report_store(tokens.store)  # once, in the master: whether the logins survive a Redis restart

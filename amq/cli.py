@@ -13,20 +13,28 @@ from click.core import ParameterSource
 from flask import current_app
 from flask.cli import with_appcontext
 
-from .config import DEFAULT_REGION, Settings, oidc_url
+from .config import DEFAULT_REGION, ConfigError, Settings, oidc_url
+from .credentials.importer import ImportFailed, find_login
+from .credentials.login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
+from .credentials.record import DEFAULT_ACCOUNT, iso_time, stored_token, without_version
+from .credentials.store import CredentialStore, check_account, open_file_store, open_store
 from .errors import ProxyError
-from .importer import ImportFailed, find_login
-from .login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
-from .tokens import TokenCache, iso_time, stored_token
 
 
 def register_commands(app) -> None:
-    for command in (login_command, import_command, status_command):
+    for command in (login_command, import_command, status_command, copy_command):
         app.cli.add_command(command)
 
 
 def _proxy():
     return current_app.extensions["amq"]
+
+
+def _where(store: CredentialStore, account: str = DEFAULT_ACCOUNT) -> str:
+    """Where a login lives, for messages (a path or a URL without password)."""
+    if store.kind == "redis":
+        return f"Redis at {store.location} (account {account})"
+    return f"{store.path_of(account)} (mode 0600)"  # type: ignore[attr-defined]
 
 
 def _oidc_base(settings: Settings, override: str | None, region: str, region_given: bool) -> str:
@@ -67,7 +75,7 @@ def _when(epoch: float, now: float) -> str:
 def login_command(start_url: str, region: str, oidc_override: str | None):
     """Log in to Amazon Q (device code flow) and store the login for amq."""
     settings = _proxy().settings
-    cache = TokenCache(settings.token_cache)
+    cache = _proxy().tokens.store
     region_given = click.get_current_context().get_parameter_source("region") != ParameterSource.DEFAULT
     oidc = OidcClient(_oidc_base(settings, oidc_override, region, region_given), requests.Session(),
                       timeout=(settings.connect_timeout, 30.0))
@@ -76,8 +84,11 @@ def login_command(start_url: str, region: str, oidc_override: str | None):
                               echo=click.echo)
     except LoginError as exc:
         raise click.ClickException(str(exc)) from None
-    cache.replace_login(record)
-    click.echo(f"Logged in. The login is stored in {cache.path} (mode 0600).")
+    try:
+        cache.replace_login(record)
+    except ProxyError as exc:
+        raise click.ClickException(f"the login worked but cannot be stored: {exc.message}") from None
+    click.echo(f"Logged in. The login is stored in {_where(cache)}.")
     _warn_environment(settings)
     if start_url != BUILDER_ID_START_URL and not settings.profile_arn:
         click.echo("IAM Identity Center: set AMAZONQ_PROFILE_ARN to your Amazon Q Developer profile "
@@ -101,11 +112,14 @@ def import_command(path: str | None, kiro: bool):
         found = find_login(path, prefer="Kiro CLI" if kiro else None)
     except ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
-    cache = TokenCache(settings.token_cache)
-    cache.replace_login(found.record)
+    cache = _proxy().tokens.store
+    try:
+        cache.replace_login(found.record)
+    except ProxyError as exc:
+        raise click.ClickException(f"cannot store the login: {exc.message}") from None
     record = found.record
     expiry = record.get("clientSecretExpiresAt")
-    click.echo(f"Imported the {found.source} login from {found.path} into {cache.path} "
+    click.echo(f"Imported the {found.source} login from {found.path} into {_where(cache)} "
                f"(region {record['region']}"
                + (f", registration valid until {iso_time(expiry)}" if expiry else "") + ").")
     for note in found.notes:
@@ -129,9 +143,21 @@ def status_command(offline: bool):
     proxy = _proxy()
     settings, tokens = proxy.settings, proxy.tokens
     now = time.time()
-    stored = tokens.cache.load()
+    try:
+        stored = tokens.store.load(tokens.account)
+        facts = tokens.store.describe()
+    except ProxyError as exc:
+        click.echo(f"store: {tokens.store.kind} {tokens.store.location}: {exc.message}")
+        raise click.exceptions.Exit(1) from None
+    click.echo(f"store: {facts['backend']} {facts['location']}"
+               + (f" (key prefix {facts['key prefix']})" if facts.get("key prefix") else ""))
+    click.echo(f"  lock: {facts['lock']}")
+    click.echo(f"  persistence: {facts['persistence']}")
+    if facts.get("durable") is False:
+        click.echo("  warning: this Redis reports no persistence; a restart of Redis loses the login "
+                   "(turn on AOF or RDB, or choose a plan that keeps data)")
     if tokens.missing:
-        click.echo(f"credentials: none ({tokens.missing} is not set and {tokens.cache.path} holds "
+        click.echo(f"credentials: none ({tokens.missing} is not set and {_where(tokens.store)} holds "
                    "no login). Run `flask --app app login` or `flask --app app import-q-cli`.")
         raise click.exceptions.Exit(1)
     owns = tokens.owns(stored)
@@ -147,7 +173,10 @@ def status_command(offline: bool):
     else:
         text = f"imported from the {source}"
     click.echo(f"credentials: {text}")
-    click.echo(f"store: {tokens.cache.path}" + ("" if owns else " (holds no login of these credentials yet)"))
+    if not owns:
+        click.echo("  (the store holds no login of these credentials yet)")
+    if owns and stored.get("obtainedAt"):
+        click.echo(f"last refresh: {_when(float(stored['obtainedAt']), now)}")
     if owns and (stored.get("region") or stored.get("startUrl")):
         click.echo(f"login: region {stored.get('region', '?')}, start URL {stored.get('startUrl', '?')}")
     click.echo(f"token endpoint: {tokens.token_endpoint}")
@@ -178,3 +207,37 @@ def status_command(offline: bool):
     click.echo(f"live check: OK (ListAvailableModels at {settings.api_endpoint}: {len(models)} models"
                + (f", default {default}" if default else "") + ")")
 
+
+
+@click.command("copy-login")
+@click.option("--to", "target", type=click.Choice(["redis", "file"]), required=True,
+              help="Copy from the file store into Redis (redis), or from Redis into the file (file).")
+@click.option("--account", default=DEFAULT_ACCOUNT, show_default=True, help="Which login to copy.")
+@click.option("--force", is_flag=True, help="Replace a different login the destination holds.")
+@with_appcontext
+def copy_command(target: str, account: str, force: bool):
+    """Copy a login between the file store (AMAZONQ_TOKEN_CACHE) and Redis (REDIS_URL)."""
+    settings = _proxy().settings
+    if not settings.redis_url:
+        raise click.ClickException("REDIS_URL is not set: there is no Redis store to copy to or from.")
+    try:
+        file_store, redis_store = open_file_store(settings), open_store(settings)
+    except ConfigError as exc:
+        raise click.ClickException(str(exc)) from None
+    source, destination = (file_store, redis_store) if target == "redis" else (redis_store, file_store)
+    try:
+        check_account(account)
+        record = without_version(source.load(account))
+        if not record.get("refreshToken"):
+            raise click.ClickException(f"{_where(source, account)} holds no login to copy.")
+        existing = destination.load(account)
+        if existing.get("refreshToken") not in (None, record["refreshToken"]) and not force:
+            raise click.ClickException(f"{_where(destination, account)} already holds another login; "
+                                       "--force replaces it.")
+        destination.replace_login(record, account)
+    except (ProxyError, ValueError) as exc:
+        raise click.ClickException(getattr(exc, "message", str(exc))) from None
+    click.echo(f"Copied the login of account {account} from {_where(source, account)} to "
+               f"{_where(destination, account)}.")
+    click.echo("Note: both stores now hold the same refresh token. The service rotates it at a refresh, "
+               "so serve from one store only: the other copy stops working after the first refresh.")

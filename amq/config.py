@@ -72,6 +72,13 @@ DEFAULTS: dict[str, str] = {
     "WEB_CONCURRENCY": "2",
     # gunicorn's connections per gevent worker; the upstream connection pool matches it.
     "WORKER_CONNECTIONS": "1000",
+    # Empty: the credential store is the file AMAZONQ_TOKEN_CACHE. redis:// or rediss:// (TLS):
+    # logins and refresh locks live in that Redis, shared by every instance.
+    "REDIS_URL": "",
+    # "none" accepts the self-signed certificates of PaaS Redis add-ons (rediss:// only).
+    "REDIS_TLS_VERIFY": "required",
+    # Put before every key amq writes, so several deployments can share one Redis.
+    "REDIS_KEY_PREFIX": "amq:",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
@@ -105,6 +112,9 @@ class Settings:
     log_format: str = "text"
     metrics_key: str = field(default="", repr=False)
     metrics_dir: str = ""
+    redis_url: str = field(default="", repr=False)  # may hold a password
+    redis_tls_verify: str = "required"
+    redis_key_prefix: str = "amq:"
 
 
 @dataclass(frozen=True)
@@ -178,6 +188,10 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
     values = _values(environ, overrides)
     if values["AMAZONQ_API_BINDING"] not in ("rpc", "rest"):
         raise ConfigError("AMAZONQ_API_BINDING must be 'rpc' or 'rest'")
+    if values["REDIS_URL"] and not values["REDIS_URL"].startswith(("redis://", "rediss://")):
+        raise ConfigError("REDIS_URL must start with redis:// or rediss:// (TLS)")
+    if values["REDIS_TLS_VERIFY"] not in ("required", "none"):
+        raise ConfigError(f"REDIS_TLS_VERIFY must be 'required' or 'none', got '{values['REDIS_TLS_VERIFY']}'")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
@@ -205,4 +219,7 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         log_format=values["LOG_FORMAT"].lower(),
         metrics_key=values["METRICS_KEY"],
         metrics_dir=values["PROMETHEUS_MULTIPROC_DIR"],
+        redis_url=values["REDIS_URL"],
+        redis_tls_verify=values["REDIS_TLS_VERIFY"],
+        redis_key_prefix=values["REDIS_KEY_PREFIX"],
     )

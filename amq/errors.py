@@ -92,3 +92,12 @@ class Overloaded(ProxyError):
 class CredentialsRejected(AuthenticationFailed):
     """The login itself was refused or is missing: only a new login fixes it (the token
     manager words the message, as it knows where the login came from)."""
+
+
+class StoreUnavailable(ProxyError):
+    """The credential store (Redis) does not answer: only a request that needs a refresh fails."""
+
+    status, error_type = 503, "api_error"
+
+    def __init__(self, message: str):
+        super().__init__(message, headers={"retry-after": "5"})

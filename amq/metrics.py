@@ -30,7 +30,7 @@ Q_EXCEPTIONS = frozenset({
     "AccessDeniedException", "ConflictException", "DryRunOperationException",
     "InternalServerException", "ResourceNotFoundException", "ServiceQuotaExceededException",
     "ServiceUnavailableException", "ThrottlingException", "ValidationException"})
-REFRESH_OUTCOMES = frozenset({"refreshed", "shared", "rejected", "failed"})
+REFRESH_OUTCOMES = frozenset({"refreshed", "shared", "rejected", "failed", "lock_timeout", "store_unavailable"})
 NOT_A_STREAM = "none"
 _MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/-]{0,79}")
 
@@ -147,7 +147,8 @@ def record_refresh(outcome: str, lock_wait_seconds: float) -> None:
 
     :param outcome: "refreshed" (this process got a new token), "shared" (another process
         refreshed while this one waited), "rejected" (the login was refused), "failed"
-        (network or service fault); anything else is counted as "other".
+        (network or service fault), "lock_timeout", "store_unavailable" (Redis did not answer);
+        anything else is counted as "other".
     :param lock_wait_seconds: time spent waiting for the refresh lock.
     """
     TOKEN_REFRESHES.labels(outcome if outcome in REFRESH_OUTCOMES else "other").inc()

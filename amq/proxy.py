@@ -7,9 +7,9 @@ from dataclasses import dataclass, field
 
 from . import metrics
 from .config import Settings
+from .credentials.manager import TokenManager
 from .models import ModelCatalogue
 from .tokencount import count_request_tokens
-from .tokens import TokenManager
 from .translate import StreamTranslator, translate
 from .upstream import QClient
 from .validate import MessageRequest, validate_request

@@ -24,7 +24,7 @@ from .models import QModel
 from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
 
 if TYPE_CHECKING:
-    from .tokens import TokenManager
+    from .credentials.manager import TokenManager
 
 logger = logging.getLogger(__name__)
 

@@ -500,6 +500,11 @@ class FakeQ:
         self.rejections: list[str] = []
         # OIDC: registrations, device flow, and every CreateToken outcome with its time.
         self.token_delay = 0.0  # seconds between issuing a token and sending the answer
+        # The next `hold_token_requests` CreateToken calls wait (issuing nothing) until
+        # `release_held` is set, then are dropped unanswered: a refresh held open at the service.
+        self.hold_token_requests = 0
+        self.held_token_requests = 0
+        self.release_held = threading.Event()
         self.client_secret_ttl = 90 * 86400
         self.device_interval = 1
         self.device_expires_in = 600
@@ -816,6 +821,15 @@ class _Handler(BaseHTTPRequestHandler):
 
     # operations
     def _token(self, raw: bytes):
+        with self.fake._lock:
+            hold = self.fake.hold_token_requests > 0
+            if hold:
+                self.fake.hold_token_requests -= 1
+                self.fake.held_token_requests += 1
+        if hold:
+            self.fake.release_held.wait(120)
+            self.close_connection = True
+            return
         body = _parse_json(raw)
         with self.fake._lock:
             self.fake.token_requests.append(body)

@@ -101,6 +101,15 @@ class AmqServer:
         self._log.flush()
         return self.log_path.read_text(errors="replace")
 
+    def log_once(self, *texts: str, timeout: float = 5.0) -> str:
+        """The log, once it holds every one of `texts`: access lines are written when the
+        server closes an answer, which can be just after the client has read it."""
+        deadline = time.monotonic() + timeout
+        while not all(text in (log := self.log()) for text in texts):
+            assert time.monotonic() < deadline, f"not in the log within {timeout} s: {texts}"
+            time.sleep(0.05)
+        return log
+
     def stop(self):
         if self.process.poll() is None:
             self.process.terminate()

@@ -16,10 +16,12 @@ import pytest
 import requests
 
 from amq.config import load_settings
+from amq.credentials.manager import TokenManager
+from amq.credentials.oidc import RefreshRejected
+from amq.credentials.store import FileLock, FileStore
 from amq.errors import GatewayTimeout
-from amq.tokens import FileLock, RefreshRejected, TokenCache, TokenManager
-from tests.conftest import ROOT
 from tests.fakeq import FakeQ
+from tests.support import ROOT
 
 
 class Clock:
@@ -36,9 +38,9 @@ def fake():
         yield server
 
 
-def store_login(path, fake, **extra) -> TokenCache:
+def store_login(path, fake, **extra) -> FileStore:
     """A store holding the fake's login, as `flask --app app login` leaves it."""
-    cache = TokenCache(str(path))
+    cache = FileStore(str(path))
     cache.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
                          "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
     return cache
@@ -121,8 +123,8 @@ def test_store_is_written_whole_with_mode_0600(tmp_path, fake):
 WRITER = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, sys.argv[1])
-    from amq.tokens import TokenCache
-    cache = TokenCache(sys.argv[2])
+    from amq.credentials.store import FileStore
+    cache = FileStore(sys.argv[2])
     deadline = time.monotonic() + float(sys.argv[3])
     i = 0
     while time.monotonic() < deadline:
@@ -135,7 +137,7 @@ WRITER = textwrap.dedent("""
 
 def test_readers_never_see_a_partial_file(tmp_path):
     path = tmp_path / "store.json"
-    TokenCache(str(path)).save({"n": -1, "pad": ""})
+    FileStore(str(path)).save({"n": -1, "pad": ""})
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(ROOT), str(path), "1.5"],
                               stdout=subprocess.PIPE, text=True)
     reads = 0
@@ -212,8 +214,8 @@ def test_stale_temp_files_of_a_dead_writer_are_removed(tmp_path, fake):
 def test_a_held_lock_times_out_as_a_gateway_timeout(tmp_path, fake):
     store_login(tmp_path / "store.json", fake)
     manager = manager_for(tmp_path / "store.json", fake)
-    manager.cache.lock_timeout = 0.3
-    with FileLock(manager.cache.lock_path, 1):
+    manager.store.lock_timeout = 0.3
+    with FileLock(manager.store.lock_path, 1):
         started = time.monotonic()
         with pytest.raises(GatewayTimeout):
             manager.get_token()
@@ -226,7 +228,7 @@ GEVENT_WAITER = textwrap.dedent("""
     monkey.patch_all()
     import sys, time, gevent
     sys.path.insert(0, sys.argv[1])
-    from amq.tokens import FileLock
+    from amq.credentials.store import FileLock
     holder = FileLock(sys.argv[2], 5)
     holder.acquire()
     ticks = []
@@ -263,7 +265,7 @@ KILL_CHILD = textwrap.dedent("""
     import json, os, signal, sys
     sys.path.insert(0, sys.argv[1])
     import requests
-    import amq.tokens
+    import amq.credentials.manager, amq.credentials.oidc, amq.credentials.redis_store, amq.credentials.store
     from amq.config import load_settings
     from amq.errors import ProxyError
     kill_at, count = int(sys.argv[2]), 0
@@ -276,9 +278,11 @@ KILL_CHILD = textwrap.dedent("""
                 os.kill(os.getpid(), signal.SIGKILL)
         return line
     def tracer(frame, event, arg):
-        return line if frame.f_code.co_filename == amq.tokens.__file__ else None
-    manager = amq.tokens.TokenManager.from_settings(load_settings(), requests.Session())
-    sys.settrace(tracer)  # counts (and maybe kills at) each line run in amq/tokens.py
+        return line if frame.f_code.co_filename in TRACED else None
+    TRACED = {m.__file__ for m in (amq.credentials.manager, amq.credentials.oidc, amq.credentials.store,
+                                   amq.credentials.redis_store)}
+    manager = amq.credentials.manager.TokenManager.from_settings(load_settings(), requests.Session())
+    sys.settrace(tracer)  # counts (and maybe kills at) each line run in the credential modules
     try:
         token = manager.get_token()
     except ProxyError as exc:
@@ -296,7 +300,7 @@ def kill_points(total: int) -> list[int]:
         return list(range(1, total + 1))
     rng = random.Random(int(os.environ.get("AMQ_KILL_SEED", "20261125")))
     edges = [1 + total * i // 12 for i in range(13)]
-    return sorted({rng.randrange(lo, max(hi, lo + 1)) for lo, hi in zip(edges, edges[1:])})
+    return sorted({rng.randrange(lo, max(hi, lo + 1)) for lo, hi in zip(edges, edges[1:], strict=False)})
 
 
 def test_refresh_killed_at_random_points_then_a_restart_still_works(tmp_path, fake):

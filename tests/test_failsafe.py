@@ -326,8 +326,7 @@ def test_keys_and_tokens_never_reach_the_log(strict_server, fake_q):
     fake_q.expire_access_tokens()
     post(strict_server, key=KEYS[1])
     post(strict_server, key="a-wrong-key-guess")
-    log = strict_server.log()
-    assert "POST /v1/messages 200" in log and "POST /v1/messages 401" in log
+    log = strict_server.log_once("POST /v1/messages 200", "POST /v1/messages 401")
     for secret in (*KEYS, "a-wrong-key-guess", fake_q.refresh_token, fake_q.client_secret, fake_q.access_token):
         assert secret not in log
     assert "Bearer" not in log
@@ -341,6 +340,8 @@ def test_client_text_cannot_forge_log_lines(strict_server, fake_q):
 def test_every_line_of_the_access_log_has_the_request_id(strict_server, fake_q):
     response = post(strict_server)
     request_id = response.headers["request-id"]
+    strict_server.log_once(request_id)
+    time.sleep(0.2)  # a second line, if there were one, would follow at once
     lines = [line for line in strict_server.log().splitlines() if request_id in line]
     assert len(lines) == 1
     # the Q model "m" resolved to, and no stream outcome for an answer that is not a stream

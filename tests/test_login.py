@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from amq.importer import default_paths
-from amq.login import BUILDER_ID_START_URL, SCOPES, LoginError, OidcClient, device_login
+from amq.credentials.importer import default_paths
+from amq.credentials.login import BUILDER_ID_START_URL, SCOPES, LoginError, OidcClient, device_login
 from app import create_app
-from tests.conftest import ROOT, AmqServer
 from tests.fakeq import FakeQ
+from tests.support import ROOT, AmqServer
 
 
 @pytest.fixture
@@ -177,7 +177,7 @@ def test_status_reports_a_refused_login(tmp_path, fake):
 
 
 def make_database(path: Path, prefix: str, *, token=None, registration=None, profile=None, extra=None):
-    """A SQLite file in the layout the Q CLI and Kiro CLI use (spec 4.4)."""
+    """A SQLite file in the layout the Q CLI and Kiro CLI use (docs/oidc.md)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     connection = sqlite3.connect(path)
     connection.execute("CREATE TABLE auth_kv (key TEXT PRIMARY KEY, value TEXT)")

@@ -184,6 +184,19 @@ def test_log_format_setting():
 
 # -- /metrics in one process, and who may scrape -------------------------------------------------
 
+def test_the_apps_token_refresh_is_counted(fake_q, tmp_path):
+    """A fresh app holds no access token: its first request refreshes, and the counter says so."""
+    app = create_app(amq_env(fake_q, tmp_path / "token.json"))
+    before = value("amq_token_refreshes_total", outcome="refreshed")
+    waits = value("amq_token_refresh_lock_wait_seconds_count")
+    response = app.test_client().post("/v1/messages", json={
+        "model": "claude-sonnet-4-5", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 200
+    assert [e["grantType"] for e in fake_q.token_log][-1:] == ["refresh_token"]
+    assert value("amq_token_refreshes_total", outcome="refreshed") == before + 1
+    assert value("amq_token_refresh_lock_wait_seconds_count") == waits + 1
+
+
 def test_metrics_without_gunicorn_count_this_process(fake_q, tmp_path, monkeypatch):
     monkeypatch.setattr(fake_q, "default_reply", typical_reply())  # the fake is shared
     app = create_app(amq_env(fake_q, tmp_path / "token.json"))

@@ -8,8 +8,8 @@ import time
 
 import requests
 
-from tests.conftest import AmqServer, amq_env
 from tests.fakeq import FakeQ
+from tests.support import AmqServer, amq_env
 
 TTL = 4.0  # seconds an access token lives
 MARGIN = TTL * 0.2  # amq refreshes this long before expiry (TokenManager.MARGIN_FRACTION)
@@ -46,8 +46,8 @@ def test_four_workers_share_one_rotating_login(tmp_path):
 
         refreshes = [e for e in fake.token_log if e["grantType"] == "refresh_token"]
         served_by = set(re.findall(r"\[(\d+)\] INFO amq\.access: POST /v1/messages 200", log))
-        refreshed_by = re.findall(r"\[(\d+)\] INFO amq\.tokens: access token refreshed", log)
-        gaps = [b["at"] - a["at"] for a, b in zip(refreshes, refreshes[1:])]
+        refreshed_by = re.findall(r"\[(\d+)\] INFO amq\.credentials\.manager: access token refreshed", log)
+        gaps = [b["at"] - a["at"] for a, b in zip(refreshes, refreshes[1:], strict=False)]
         summary = (f"{len(statuses)} requests, {len(refreshes)} refreshes by workers {refreshed_by}, "
                    f"gaps {[round(g, 2) for g in gaps][:20]}, served by {len(served_by)} workers, "
                    f"{fake.bearer_rejections} expired-token rejections")

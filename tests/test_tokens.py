@@ -10,8 +10,9 @@ import requests
 import responses
 
 from amq.config import ConfigError, load_settings
-from amq.errors import CredentialsRejected
-from amq.tokens import TokenCache, TokenManager
+from amq.credentials.manager import TokenManager
+from amq.credentials.store import FileStore
+from amq.errors import BadGateway, CredentialsRejected
 
 TOKEN_URL = "https://oidc.test/token"
 
@@ -33,7 +34,7 @@ def token_reply(access="at-1", expires_in=3600, refresh=None):
 
 def make_manager(tmp_path, clock=None, refresh_token="rt-0"):
     return TokenManager(client_id="cid", client_secret="csecret", refresh_token=refresh_token,
-                        token_endpoint=TOKEN_URL, cache=TokenCache(str(tmp_path / "token.json")),
+                        token_endpoint=TOKEN_URL, store=FileStore(str(tmp_path / "token.json")),
                         session=requests.Session(), clock=clock or Clock())
 
 
@@ -143,7 +144,7 @@ def test_concurrent_callers_share_one_refresh(tmp_path):
             return response
 
     manager = TokenManager(client_id="c", client_secret="s", refresh_token="r", token_endpoint=TOKEN_URL,
-                           cache=TokenCache(str(tmp_path / "t.json")), session=SlowSession())
+                           store=FileStore(str(tmp_path / "t.json")), session=SlowSession())
     results = []
     threads = [threading.Thread(target=lambda: results.append(manager.get_token())) for _ in range(8)]
     for thread in threads:
@@ -159,7 +160,7 @@ def test_cache_refresh_token_is_preferred_on_restart(tmp_path):
     assert first._refresh_token == "rt-env"
     first._refresh_token = "rt-rotated"
     first._token = None
-    from amq.tokens import AccessToken
+    from amq.credentials.record import AccessToken
     first._token = AccessToken("at-x", time.time() + 3600)
     first._store()
     again = TokenManager.from_settings(settings(tmp_path), requests.Session())
@@ -168,7 +169,7 @@ def test_cache_refresh_token_is_preferred_on_restart(tmp_path):
 
 
 def test_new_environment_credentials_win_over_an_old_cache(tmp_path):
-    TokenCache(str(tmp_path / "token.json")).save(
+    FileStore(str(tmp_path / "token.json")).save(
         {"clientId": "cid", "refreshToken": "rt-old-rotated", "seed": "other-login"})
     manager = TokenManager.from_settings(settings(tmp_path, AMAZONQ_REFRESH_TOKEN="rt-new-login"),
                                          requests.Session())
@@ -176,7 +177,7 @@ def test_new_environment_credentials_win_over_an_old_cache(tmp_path):
 
 
 def test_credentials_may_come_from_the_cache_alone(tmp_path):
-    TokenCache(str(tmp_path / "token.json")).save(
+    FileStore(str(tmp_path / "token.json")).save(
         {"clientId": "cid2", "clientSecret": "s2", "refreshToken": "rt-cached"})
     manager = TokenManager.from_settings(settings(tmp_path, AMAZONQ_REFRESH_TOKEN=None,
                                                   AMAZONQ_CLIENT_ID=None, AMAZONQ_CLIENT_SECRET=None),
@@ -215,7 +216,7 @@ def test_callers_waiting_on_a_failed_refresh_share_its_failure(tmp_path):
             raise requests.ConnectionError("token service down")
 
     manager = TokenManager(client_id="c", client_secret="s", refresh_token="r", token_endpoint=TOKEN_URL,
-                           cache=TokenCache(str(tmp_path / "t.json")), session=FailingSession())
+                           store=FileStore(str(tmp_path / "t.json")), session=FailingSession())
     failures = []
 
     def call():
@@ -233,6 +234,6 @@ def test_callers_waiting_on_a_failed_refresh_share_its_failure(tmp_path):
     assert failures == ["BadGateway"] * 6
     assert len(calls) == 1 and time.monotonic() - started < 1.0
     # A later caller tries again.
-    with pytest.raises(Exception):
+    with pytest.raises(BadGateway):
         manager.get_token()
     assert len(calls) == 2

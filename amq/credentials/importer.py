@@ -1,6 +1,7 @@
 """`import-q-cli`: take the login of the Amazon Q CLI or the Kiro CLI from their SQLite database.
 
-Layout (spec 4.4): table `auth_kv(key TEXT PRIMARY KEY, value TEXT)` with JSON values under
+Layout (docs/oidc.md, "Where the CLIs keep their login"): table `auth_kv(key TEXT PRIMARY KEY,
+value TEXT)` with JSON values under
 `codewhisperer:odic:token` / `codewhisperer:odic:device-registration` (Q CLI) or
 `kirocli:odic:token` / `kirocli:odic:device-registration` (Kiro CLI); "odic" is their spelling.
 The token holds {access_token, expires_at (RFC 3339), refresh_token, region, start_url, ...},
@@ -16,10 +17,11 @@ import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-from .config import DEFAULT_REGION, oidc_url
+from ..config import DEFAULT_REGION, oidc_url
+from .record import LoginRecord
 
 SOURCES = {  # name -> (data directory name, auth_kv key prefix)
     "Amazon Q CLI": ("amazon-q", "codewhisperer"),
@@ -35,7 +37,7 @@ class ImportFailed(Exception):
 class ImportedLogin:
     source: str
     path: str
-    record: dict  # for the credential store
+    record: LoginRecord  # for the credential store
     profile_arn: str = ""
     notes: list[str] = field(default_factory=list)
 
@@ -67,7 +69,7 @@ def parse_time(value) -> float | None:
     except ValueError:
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()
 
 

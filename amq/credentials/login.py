@@ -1,4 +1,4 @@
-"""`login`: the SSO-OIDC device authorization flow (spec 4.1-4.3), as the Q CLI performs it.
+"""`login`: the SSO-OIDC device authorization flow, as the Q CLI performs it (docs/oidc.md).
 
 RegisterClient (reused while the stored registration is valid), StartDeviceAuthorization, then
 CreateToken with the device code every `interval` seconds until the user approves, honouring
@@ -8,87 +8,16 @@ credential-store record: the registration and the first refresh and access token
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-import requests
+from ..config import DEFAULT_REGION
+from .oidc import SCOPES, LoginError, OidcClient, OidcError
+from .record import LoginRecord
 
-from .config import DEFAULT_REGION
+__all__ = ["BUILDER_ID_START_URL", "SCOPES", "LoginError", "OidcClient", "device_login"]
 
 BUILDER_ID_START_URL = "https://view.awsapps.com/start"
-SCOPES = ["codewhisperer:completions", "codewhisperer:analysis", "codewhisperer:conversations"]
-CLIENT_NAME = "amq"
-DEVICE_GRANT = "urn:ietf:params:oauth:grant-type:device_code"
 REGISTRATION_MARGIN = 60.0  # re-register this long before the registration expires (as the Q CLI)
-
-# x-amzn-ErrorType names and the OAuth `error` strings (the latter UNCONFIRMED, spec 4.3).
-_ERROR_KINDS = {
-    "AuthorizationPendingException": "authorization_pending",
-    "SlowDownException": "slow_down",
-    "ExpiredTokenException": "expired_token",
-    "AccessDeniedException": "access_denied",
-    "InvalidGrantException": "invalid_grant",
-    "InvalidClientException": "invalid_client",
-}
-
-
-class LoginError(Exception):
-    """The login cannot go on; the message says why and what to do."""
-
-
-class OidcError(LoginError):
-    def __init__(self, operation: str, status: int, kind: str, description: str):
-        super().__init__(f"{operation} failed: HTTP {status} {kind}"
-                         + (f" ({description})" if description else ""))
-        self.status, self.kind = status, kind
-
-
-class OidcClient:
-    """The three unauthenticated SSO-OIDC operations, REST-JSON with camelCase bodies."""
-
-    def __init__(self, base_url: str, session: requests.Session,
-                 timeout: tuple[float, float] = (10.0, 30.0)):
-        self.base_url = base_url.rstrip("/")
-        self.session = session
-        self.timeout = timeout
-
-    @property
-    def token_endpoint(self) -> str:
-        return self.base_url + "/token"
-
-    def call(self, operation: str, path: str, body: dict) -> dict:
-        """POST `body`; the JSON answer, or OidcError naming the error kind."""
-        try:
-            response = self.session.post(self.base_url + path, json=body, timeout=self.timeout)
-        except requests.RequestException as exc:
-            raise LoginError(f"{operation}: cannot reach {self.base_url} ({type(exc).__name__})") from None
-        try:
-            data = response.json()
-        except ValueError:
-            data = {}
-        data = data if isinstance(data, dict) else {}
-        if response.status_code == 200:
-            return data
-        raise OidcError(operation, response.status_code, error_kind(response, data),
-                        str(data.get("error_description") or data.get("message") or ""))
-
-    def register_client(self) -> dict:
-        return self.call("RegisterClient", "/client/register",
-                         {"clientName": CLIENT_NAME, "clientType": "public", "scopes": SCOPES})
-
-    def start_device_authorization(self, client_id: str, client_secret: str, start_url: str) -> dict:
-        return self.call("StartDeviceAuthorization", "/device_authorization",
-                         {"clientId": client_id, "clientSecret": client_secret, "startUrl": start_url})
-
-    def create_token(self, client_id: str, client_secret: str, device_code: str) -> dict:
-        return self.call("CreateToken", "/token",
-                         {"clientId": client_id, "clientSecret": client_secret,
-                          "grantType": DEVICE_GRANT, "deviceCode": device_code})
-
-
-def error_kind(response: requests.Response, data: dict) -> str:
-    """The OAuth-style error code, from the x-amzn-ErrorType header or the body's `error`."""
-    header = response.headers.get("x-amzn-ErrorType", "").split(":", 1)[0]
-    return _ERROR_KINDS.get(header) or str(data.get("error") or header or "unknown_error")
 
 
 def _reusable(previous: dict, token_endpoint: str, now: float) -> bool:
@@ -104,10 +33,10 @@ def _reusable(previous: dict, token_endpoint: str, now: float) -> bool:
 
 
 def device_login(oidc: OidcClient, *, start_url: str = BUILDER_ID_START_URL,
-                 region: str = DEFAULT_REGION, previous: dict | None = None,
+                 region: str = DEFAULT_REGION, previous: LoginRecord | None = None,
                  echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
                  clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> dict:
+                 wall: Callable[[], float] = time.time) -> LoginRecord:
     """Run the device flow; return the record to put into the credential store.
 
     `previous` is the store's current contents (its registration is reused when it fits).

@@ -1,0 +1,358 @@
+"""The token manager on the Redis store (a real redis-server): shared refreshes, fencing, no round
+trip on the request path, outages, and start-up faults named in one line."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+import pytest
+import requests
+
+from amq.config import load_settings
+from amq.credentials.manager import TokenManager
+from amq.credentials.redis_store import RedisStore, redact
+from amq.errors import StoreUnavailable
+from app import create_app
+from tests.fakeq import FakeQ
+from tests.redis_server import RedisServer, free_port, shared_server
+from tests.support import ROOT
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    yield from shared_server(tmp_path_factory)
+
+
+@pytest.fixture
+def fake():
+    with FakeQ(access_token_ttl=3600, rotate_refresh_tokens=True) as server:
+        yield server
+
+
+def settings_for(url: str, fake: FakeQ, prefix: str, **extra):
+    env = {"REDIS_URL": url, "REDIS_KEY_PREFIX": prefix, "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+           "AMAZONQ_TOKEN_CACHE": "/nonexistent/never-used.json"}
+    env.update(extra)
+    return load_settings(env)
+
+
+def seed_login(store: RedisStore, fake: FakeQ, **extra) -> None:
+    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
+
+
+@pytest.fixture
+def prefix():
+    return f"t-{uuid.uuid4().hex[:8]}:"
+
+
+def manager_for(server, fake, prefix, *, seed: bool = True, **kwargs) -> TokenManager:
+    """A manager on the Redis store; `seed` first stores a login there if none is."""
+    if seed and not RedisStore(server.client(), prefix=prefix).load():
+        seed_login(RedisStore(server.client(), prefix=prefix), fake)
+    settings = settings_for(server.url, fake, prefix)
+    return TokenManager.from_settings(settings, requests.Session(), **kwargs)
+
+
+def refreshes(fake):
+    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
+
+
+def test_managers_sharing_redis_refresh_once_and_store_the_rotated_token(redis_server, fake, prefix):
+    first = manager_for(redis_server, fake, prefix)
+    managers = [manager_for(redis_server, fake, prefix) for _ in range(4)]
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda m=m: results.append(m.get_token())) for m in managers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(refreshes(fake)) == 1 and len(set(results)) == 1 and len(results) == 4
+    stored = first.store.load()
+    assert stored["refreshToken"] == fake.refresh_token and fake.refresh_token_valid(stored["refreshToken"])
+    assert "refreshStartedAt" not in stored and stored["version"] >= 3  # login, write-ahead, answer
+
+
+def test_the_request_path_costs_no_redis_round_trip_while_the_token_is_fresh(redis_server, fake, prefix):
+    manager = manager_for(redis_server, fake, prefix)
+    manager.get_token()
+    stats = redis_server.client()
+    before = int(stats.info("stats")["total_commands_processed"])
+    started = time.monotonic()
+    for _ in range(2000):
+        manager.get_token()
+    elapsed = time.monotonic() - started
+    after = int(stats.info("stats")["total_commands_processed"])
+    # INFO itself counts once; a version check is allowed every RECHECK_INTERVAL seconds.
+    assert after - before <= 1 + int(elapsed / TokenManager.RECHECK_INTERVAL + 1)
+
+
+def test_a_worker_notices_a_new_login_within_seconds(redis_server, fake, prefix):
+    clock = [time.monotonic()]
+    manager = manager_for(redis_server, fake, prefix, monotonic=lambda: clock[0])
+    old = manager.get_token()
+    seed_login(manager.store, fake, refreshToken=fake.new_login(), accessToken="at-new-login",
+               expiresAt=time.time() + 3600, obtainedAt=time.time())
+    assert manager.get_token() == old  # within the interval: no look at Redis
+    clock[0] += TokenManager.RECHECK_INTERVAL + 0.1
+    assert manager.get_token() == "at-new-login"
+
+
+def test_a_writer_whose_lock_expired_cannot_overwrite_a_newer_login(redis_server, fake, prefix, caplog):
+    """A pauses after CreateToken answered, past its lock's TTL; meanwhile a new login is stored.
+    A's write is refused by the version fence; the new login stays; A's token is named lost."""
+    settings = settings_for(redis_server.url, fake, prefix)
+    store = RedisStore(redis_server.client(), prefix=prefix, location=redact(redis_server.url),
+                       lock_ttl=0.5, lock_wait=5)
+    seed_login(store, fake)
+    new_login = fake.new_login()
+
+    class PausingSession(requests.Session):
+        def post(self, *args, **kwargs):
+            response = super().post(*args, **kwargs)
+            time.sleep(1.0)  # the lock (TTL 0.5 s) expires meanwhile
+            store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                                 "refreshToken": new_login, "source": "login", "seed": ""})
+            return response
+
+    paused = TokenManager.from_settings(settings, PausingSession(), store=store)
+    with caplog.at_level(logging.ERROR, logger="amq"):
+        paused.get_token()  # A still serves its own (valid) access token
+    stored = store.load()
+    assert stored["refreshToken"] == new_login
+    assert "could not be stored" in caplog.text and "default" in caplog.text
+    assert fake.refresh_token not in caplog.text and new_login not in caplog.text
+
+
+def test_redis_gone_fresh_tokens_keep_working_refreshes_get_503_then_recovery(tmp_path, fake, prefix):
+    with RedisServer(tmp_path / "r", durable=True) as server:
+        manager = manager_for(server, fake, prefix)
+        token = manager.get_token()
+        server.stop()
+        manager._next_check = 0  # force the periodic version check now
+        assert manager.get_token() == token  # served from memory; the failed check is ignored
+        manager._token = manager._token._replace(expires_at=time.time() - 1)  # needs a refresh
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as info:
+            manager.get_token()
+        assert time.monotonic() - started < 10
+        assert info.value.status == 503 and "unreachable" in info.value.message
+        assert "redis" in info.value.message.lower()
+        server.start()  # same port, AOF kept the login
+        assert fake.access_token_valid(manager.get_token())
+        assert manager.store.load()["refreshToken"] == fake.refresh_token
+
+
+def run_app(env: dict, tmp_path, command=None):
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("AMAZONQ_", "REDIS_"))}
+    full.update({"HOME": str(tmp_path), "AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c",
+                 "AMAZONQ_CLIENT_SECRET": "s", "AMAZONQ_TOKEN_CACHE": str(tmp_path / "t.json")})
+    full.update(env)
+    command = command or [sys.executable, "-m", "gunicorn", "--bind", "127.0.0.1:0", "wsgi:app"]
+    return subprocess.run(command, cwd=ROOT, env=full, capture_output=True, text=True, timeout=60)
+
+
+def test_gunicorn_names_redis_url_in_one_line_when_redis_is_unreachable(tmp_path):
+    result = run_app({"REDIS_URL": f"redis://:hunter2@127.0.0.1:{free_port()}/0"}, tmp_path)
+    assert result.returncode != 0
+    assert "amq: configuration error: REDIS_URL: cannot reach Redis at redis://:***@127.0.0.1:" in result.stderr
+    assert "Traceback" not in result.stderr and "hunter2" not in result.stderr
+
+
+@pytest.mark.parametrize("problem", ["password", "database"])
+def test_a_wrong_password_or_database_is_named_in_one_line(tmp_path, problem):
+    with RedisServer(tmp_path / "r", password="right-pass") as server:
+        url = (f"redis://:wrong-pass@127.0.0.1:{server.port}/0" if problem == "password"
+               else f"redis://:right-pass@127.0.0.1:{server.port}/99")
+        with pytest.raises(SystemExit) as info:
+            create_app({"REDIS_URL": url, "AMAZONQ_REFRESH_TOKEN": "r", "AMAZONQ_CLIENT_ID": "c",
+                        "AMAZONQ_CLIENT_SECRET": "s"})
+    message = str(info.value)
+    assert message.startswith("amq: configuration error: REDIS_URL:") and "\n" not in message
+    assert ("password" in message) if problem == "password" else ("database" in message)
+    assert "wrong-pass" not in message and "right-pass" not in message
+
+
+def test_start_warns_once_when_redis_keeps_no_data(redis_server, tmp_path):
+    result = run_app({"REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": "warn-test:"}, tmp_path,
+                     [sys.executable, "-c", "import app; app.check_settings()"])
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if "persistence" in line]
+    assert len(lines) == 1 and "WARNING" in lines[0] and "loses the login" in lines[0]
+
+
+def test_start_reports_persistence_when_aof_is_on(tmp_path):
+    with RedisServer(tmp_path / "r", durable=True) as server:
+        result = run_app({"REDIS_URL": server.url}, tmp_path,
+                         [sys.executable, "-c", "import app; app.check_settings()"])
+    assert result.returncode == 0, result.stderr
+    assert "append-only file (AOF) on" in result.stderr and "WARNING" not in result.stderr
+
+
+def test_tls_verify_none_is_only_for_rediss_and_settings_reject_nonsense():
+    from amq.config import ConfigError
+    from amq.credentials.redis_store import connect
+
+    settings = load_settings({"REDIS_URL": "rediss://:p@example.invalid:6380/0", "REDIS_TLS_VERIFY": "none"})
+    kwargs = connect(settings).connection_pool.connection_kwargs
+    assert kwargs["ssl_cert_reqs"] == 0 and kwargs["ssl_check_hostname"] is False
+    strict = connect(load_settings({"REDIS_URL": "rediss://example.invalid:6380/0"}))
+    assert strict.connection_pool.connection_kwargs.get("ssl_cert_reqs", "required") != 0
+    with pytest.raises(ConfigError, match="REDIS_TLS_VERIFY"):
+        load_settings({"REDIS_TLS_VERIFY": "maybe"})
+    with pytest.raises(ConfigError, match="REDIS_URL"):
+        load_settings({"REDIS_URL": "http://localhost"})
+
+
+# --------------------------------------------------------------------------- the commands on Redis
+
+def invoke(fake, tmp_path, *args, **settings):
+    config = {"AMAZONQ_TOKEN_CACHE": str(tmp_path / "store.json"), "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+              "AMAZONQ_API_ENDPOINT": fake.url, **settings}
+    return create_app(config, require_credentials=False).test_cli_runner().invoke(args=list(args))
+
+
+def test_login_into_redis_then_status_names_backend_lock_refresh_and_persistence(tmp_path, fake, prefix):
+    fake.auto_approve = True
+    with RedisServer(tmp_path / "r", password="pw-secret") as server:
+        redis_settings = {"REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix}
+        login = invoke(fake, tmp_path, "login", "--oidc-url", fake.url, **redis_settings)
+        assert login.exit_code == 0, login.output
+        assert f"Redis at redis://:***@127.0.0.1:{server.port}/0 (account default)" in login.output
+        assert not (tmp_path / "store.json").exists()  # nothing went to the file store
+        stored = RedisStore(server.client(), prefix=prefix).load()
+        assert stored["source"] == "login" and fake.refresh_token_valid(stored["refreshToken"])
+
+        status = invoke(fake, tmp_path, "status", **redis_settings)
+    assert status.exit_code == 0, status.output
+    assert f"store: redis redis://:***@127.0.0.1:{server.port}/0 (key prefix {prefix})" in status.output
+    assert f"lock: {prefix}lock:default: free" in status.output
+    assert "persistence: none" in status.output and "warning: this Redis reports no persistence" in status.output
+    assert "last refresh: " in status.output and "live check: OK" in status.output
+    secrets = [fake.client_secret, stored["refreshToken"], stored["clientSecret"], "pw-secret"]
+    assert not [s for s in secrets if s in login.output + status.output]
+
+
+def test_copy_login_from_the_file_store_into_redis_and_back(tmp_path, fake, redis_server, prefix):
+    from amq.credentials.store import FileStore
+
+    files = FileStore(str(tmp_path / "store.json"))
+    files.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                         "refreshToken": fake.refresh_token, "source": "login", "seed": ""})
+    redis_settings = {"REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": prefix}
+    copied = invoke(fake, tmp_path, "copy-login", "--to", "redis", **redis_settings)
+    assert copied.exit_code == 0, copied.output
+    in_redis = RedisStore(redis_server.client(), prefix=prefix)
+    assert in_redis.load()["refreshToken"] == fake.refresh_token
+    assert fake.refresh_token not in copied.output and fake.client_secret not in copied.output
+
+    # serve from Redis: the refresh rotates the token there; copy the newer login back
+    status = invoke(fake, tmp_path, "status", **redis_settings)
+    assert status.exit_code == 0, status.output
+    rotated = in_redis.load()["refreshToken"]
+    assert rotated != files.load()["refreshToken"]
+    refused = invoke(fake, tmp_path, "copy-login", "--to", "file", **redis_settings)
+    assert refused.exit_code != 0 and "--force" in refused.output
+    back = invoke(fake, tmp_path, "copy-login", "--to", "file", "--force", **redis_settings)
+    assert back.exit_code == 0, back.output
+    assert files.load()["refreshToken"] == rotated and fake.refresh_token_valid(rotated)
+
+
+def test_copy_login_says_what_is_missing(tmp_path, fake, redis_server, prefix):
+    no_redis = invoke(fake, tmp_path, "copy-login", "--to", "redis")
+    assert no_redis.exit_code != 0 and "REDIS_URL is not set" in no_redis.output
+    empty = invoke(fake, tmp_path, "copy-login", "--to", "redis", REDIS_URL=redis_server.url,
+                   REDIS_KEY_PREFIX=prefix)
+    assert empty.exit_code != 0 and "holds no login to copy" in empty.output
+
+
+GEVENT_WAITER = """
+from gevent import monkey
+monkey.patch_all()
+import sys, time, gevent, redis
+sys.path.insert(0, sys.argv[1])
+from amq.credentials.redis_store import RedisStore
+store = RedisStore(redis.Redis.from_url(sys.argv[2]), prefix=sys.argv[3], lock_ttl=10, lock_wait=5)
+holder = store.lock()
+holder.acquire()
+ticks = []
+def ticker():
+    while len(ticks) < 1000:
+        ticks.append(time.monotonic())
+        gevent.sleep(0.01)
+def waiter():
+    store.lock().acquire()
+    ticks.append("locked")
+gevent.spawn(ticker)
+waiting = gevent.spawn(waiter)
+gevent.sleep(0.05)
+start = len(ticks)
+gevent.spawn_later(0.4, holder.release)
+waiting.join(5)
+print(len([t for t in ticks[start:] if t != "locked"]), "locked" in ticks)
+"""
+
+
+def test_waiting_for_the_redis_lock_keeps_a_gevent_worker_serving(redis_server, prefix):
+    result = subprocess.run([sys.executable, "-c", GEVENT_WAITER, str(ROOT), redis_server.url, prefix],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    ticks, locked = result.stdout.split()
+    assert locked == "True" and int(ticks) >= 10  # ~40 expected in 0.4 s
+
+
+def test_refresh_killed_at_random_points_on_redis_then_a_restart_still_works(tmp_path, fake, redis_server,
+                                                                             prefix):
+    """The file store's SIGKILL test on Redis: killed at random lines of a refresh (lock,
+    write-ahead script, CreateToken, answer script, unlock), the record is always whole, and
+    the restart works, except when the kill fell after the service issued a new refresh token
+    and before the Lua script stored it; then the write-ahead marker says so."""
+    from tests.test_credentials import KILL_CHILD, kill_points
+
+    store = RedisStore(redis_server.client(), prefix=prefix)
+    seed_login(store, fake)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAZONQ_", "REDIS_"))}
+    env.update(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=prefix, AMAZONQ_TOKEN_ENDPOINT=fake.token_url,
+               AMAZONQ_TOKEN_CACHE=str(tmp_path / "unused.json"))
+    lock_key = prefix + "lock:default"
+
+    def child(kill_at: int):
+        redis_server.client().delete(lock_key)  # a dead holder's lock: its TTL is tested elsewhere
+        with store.lock():  # the access token has expired: the child must refresh
+            stored = {k: v for k, v in store.load().items() if k not in ("accessToken", "expiresAt")}
+            store.save(stored)
+        issued = len(refreshes(fake))
+        result = subprocess.run([sys.executable, "-c", KILL_CHILD, str(ROOT), str(kill_at)], env=env,
+                                capture_output=True, text=True, timeout=60)
+        return result, len(refreshes(fake)) > issued
+
+    dry, _ = child(0)
+    assert dry.returncode == 0, dry.stderr
+    total = json.loads(dry.stdout)["lines"]
+    outcomes = []
+    for point in kill_points(total):
+        killed, issued = child(point)
+        where = killed.stdout.strip() if killed.returncode == -signal.SIGKILL else "(finished)"
+        stored = store.load()
+        assert stored.get("refreshToken"), (point, where)
+        lost = not fake.refresh_token_valid(stored["refreshToken"])
+        restart, _ = child(0)
+        if lost:
+            assert killed.returncode == -signal.SIGKILL and issued, (point, where)
+            assert stored.get("refreshStartedAt"), (point, where)
+            assert restart.returncode == 3 and "interrupted" in json.loads(restart.stdout)["error"]
+            seed_login(store, fake, refreshToken=fake.new_login())  # the user logs in again
+        else:
+            assert restart.returncode == 0, (point, where, restart.stdout, restart.stderr)
+            assert fake.access_token_valid(json.loads(restart.stdout)["token"])
+            assert "refreshStartedAt" not in store.load()
+        outcomes.append((point, where, "lost" if lost else "kept"))
+    print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
+    assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2
