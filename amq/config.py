@@ -88,7 +88,12 @@ REQUIRED = ("AMAZONQ_REFRESH_TOKEN", "AMAZONQ_CLIENT_ID", "AMAZONQ_CLIENT_SECRET
 
 @dataclass(frozen=True)
 class Settings:
-    # Secrets stay out of repr(), so a logged Settings never shows them.
+    """Every setting, parsed; the values come from DEFAULTS and the environment, so the fields
+    have no defaults of their own (one place for each default).
+
+    Secrets stay out of repr(), so a logged Settings never shows them.
+    """
+
     refresh_token: str = field(repr=False)
     client_id: str
     client_secret: str = field(repr=False)
@@ -99,22 +104,22 @@ class Settings:
     api_binding: str
     origin: str
     default_model: str
-    model_map: dict[str, str] = field(default_factory=dict)
-    connect_timeout: float = 10.0
-    read_timeout: float = 300.0
-    max_attempts: int = 3
-    retry_budget: float = 20.0
-    ping_interval: float = 10.0
-    proxy_api_keys: tuple[str, ...] = field(default=(), repr=False)
-    max_request_bytes: int = 32 * 1024 * 1024
-    log_level: str = "INFO"
-    worker_connections: int = 1000
-    log_format: str = "text"
-    metrics_key: str = field(default="", repr=False)
-    metrics_dir: str = ""
-    redis_url: str = field(default="", repr=False)  # may hold a password
-    redis_tls_verify: str = "required"
-    redis_key_prefix: str = "amq:"
+    model_map: dict[str, str]
+    connect_timeout: float
+    read_timeout: float
+    max_attempts: int
+    retry_budget: float
+    ping_interval: float
+    proxy_api_keys: tuple[str, ...] = field(repr=False)
+    max_request_bytes: int
+    log_level: str
+    worker_connections: int
+    log_format: str
+    metrics_key: str = field(repr=False)
+    metrics_dir: str
+    redis_url: str = field(repr=False)  # may hold a password
+    redis_tls_verify: str
+    redis_key_prefix: str
 
 
 @dataclass(frozen=True)

@@ -62,7 +62,7 @@ def transport_errors(url: str, *, mid_answer: bool = False) -> Iterator[None]:
         raise BadGateway(f"cannot reach Amazon Q at {url} ({kind})") from None
 
 
-def new_session(pool_size: int = 1000) -> requests.Session:
+def new_session(pool_size: int) -> requests.Session:
     """One pooled session for every upstream call; sized like the worker's connection limit so
     busy streams do not each open (and TLS-handshake) a connection of their own."""
     session = requests.Session()
@@ -78,7 +78,7 @@ class QClient:
 
     def __init__(self, *, endpoint: str, binding: str, tokens: TokenManager,
                  session: requests.Session, timeout: tuple[float, float],
-                 max_attempts: int = 3, retry_budget: float = 20.0,
+                 max_attempts: int, retry_budget: float,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep):
         self.binding = binding
