@@ -39,6 +39,11 @@ def new_session(pool_size: int = 1000) -> requests.Session:
     return session
 
 
+def encode_body(body: dict) -> bytes:
+    """A Q request body as the compact UTF-8 JSON sent on the wire."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 class QClient:
     """Opens the upstream stream (refreshing the token once on 403) and decodes its frames."""
 
@@ -105,7 +110,7 @@ class QClient:
 
         Retries happen only here, before anything has reached the client.
         """
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = encode_body(body)
         headers = dict(headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
         deadline = self._clock() + self.retry_budget
         attempts = attempts or self.max_attempts
