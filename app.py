@@ -19,6 +19,7 @@ from amq.access import check_access
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
 from amq.errors import InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.jsonio import OrjsonProvider
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
 from amq.tokens import TokenManager
@@ -94,6 +95,7 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     _configure_logging(settings.log_level)
 
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)  # jsonify: the same JSON values, written faster
     # Werkzeug refuses a larger declared Content-Length; views._body() limits chunked bodies.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,

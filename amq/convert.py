@@ -15,7 +15,10 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+import orjson
+
 from .errors import InvalidRequest
+from .jsonio import Checked
 
 MAX_DESCRIPTION = 10_240
 MAX_IMAGES_PER_MESSAGE = 10
@@ -98,6 +101,20 @@ def _wire_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(f"the request holds {value}, which is not a JSON number")
     return value
+
+
+def _is_wire_safe(request, state: dict) -> bool:
+    """True when `_wire_safe(state)` would change nothing: a request orjson read (`Checked`)
+    holds no lone surrogate and no non-finite number, and the conversion adds none. orjson
+    must also be able to write it (it stops at 255 levels of nesting, before Python's
+    recursion limit): deeper requests take the scan, which refuses what it refused before."""
+    if not isinstance(request, Checked):
+        return False
+    try:
+        orjson.dumps(state)
+    except TypeError:
+        return False
+    return True
 
 
 def _text_of(value, where: str) -> str:
@@ -479,7 +496,7 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
     if history:
         state["history"] = history
     try:
-        body: dict = {"conversationState": _wire_safe(state)}
+        body: dict = {"conversationState": state if _is_wire_safe(request, state) else _wire_safe(state)}
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
     if profile_arn:

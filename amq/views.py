@@ -1,7 +1,6 @@
 """HTTP endpoints: messages (streaming or not), count_tokens, models, health."""
 from __future__ import annotations
 
-import json
 import logging
 from itertools import chain
 from typing import Iterator
@@ -9,7 +8,9 @@ from typing import Iterator
 from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from .convert import convert_request
+from .cooperative import give_way
 from .errors import InvalidRequest, NotFound, ProxyError, RequestTooLarge
+from .jsonio import loads
 from .message import collect_message
 from .tokencount import count_request_tokens
 from .sse import format_event
@@ -17,6 +18,7 @@ from .translate import StreamTranslator
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
+LARGE_BODY = 64 * 1024  # bytes: a body whose parse and conversion each take a millisecond or more
 
 
 def _proxy():
@@ -49,13 +51,15 @@ def _json_object() -> dict:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        payload = json.loads(raw)
+        payload = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if len(raw) > LARGE_BODY:
+        give_way()  # the other streams' events, before the conversion of a large request
     return payload
 
 

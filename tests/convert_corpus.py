@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 import amq.convert
+import amq.tokencount
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = ROOT / "tests" / "data" / "convert_equivalence.json"
@@ -34,15 +35,16 @@ GENERATED = [(150_000, 0), (550_000, 0), (150_000, 1), (550_000, 7),
 
 
 def outcome(request, kwargs: dict) -> dict:
-    """What convert_request makes of `request`, as plain JSON: the Q body and the maps, or the
-    error it raises. The conversation id is fixed (it is random otherwise)."""
+    """What convert_request makes of `request`, as plain JSON: the Q body and the maps (and the
+    token estimate), or the error it raises. The conversation id is fixed (else random)."""
     kwargs = dict(kwargs, conversation_id=CONVERSATION_ID)
     try:
         conversion = amq.convert.convert_request(request, **kwargs)
     except amq.convert.InvalidRequest as exc:
         return {"error": exc.message}
     return {"body": conversion.body, "tool_names": conversion.tool_names,
-            "skipped_tools": conversion.skipped_tools}
+            "skipped_tools": conversion.skipped_tools,
+            "input_tokens": amq.tokencount.count_request_tokens(request)}
 
 
 def digest(value) -> str:
