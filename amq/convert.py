@@ -17,11 +17,13 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from .cooperative import give_way
 from .errors import InvalidRequest
 from .jsonio import Checked
 
 MAX_DESCRIPTION = 10_240
 MAX_IMAGES_PER_MESSAGE = 10
+GIVE_WAY_EVERY = 100  # messages converted between two turns of a gevent worker's event loop
 _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 # json.loads turns a "\\ud800" escape into a lone surrogate, which UTF-8 cannot encode.
@@ -286,6 +288,8 @@ def _turns(messages) -> list[_Turn]:
         raise InvalidRequest("messages: must be a non-empty list")
     turns: list[_Turn] = []
     for i, message in enumerate(messages):
+        if i % GIVE_WAY_EVERY == GIVE_WAY_EVERY - 1:
+            give_way()  # a long conversation: the worker's other streams get their events
         where = f"messages.{i}"
         if not isinstance(message, dict):
             raise InvalidRequest(f"{where}: must be an object")
@@ -501,4 +505,6 @@ def convert_request(request: dict, *, model_id: str, origin: str = "CLI", profil
         raise InvalidRequest("the request is nested too deeply") from None
     if profile_arn:
         body["profileArn"] = profile_arn
+    if len(turns) >= GIVE_WAY_EVERY:
+        give_way()  # before the token count and the upstream call of a long conversation
     return Conversion(body=body, tool_names=tool_names, skipped_tools=skipped)
