@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 
+from .cooperative import give_way
+
 CHARS_PER_TOKEN = 4  # Anthropic's own rule of thumb for English text and code
 IMAGE_TOKENS = 1_600  # a typical image of ~1.15 megapixels (width*height/750)
+LARGE_BLOCK_COUNT = 100  # blocks measured as JSON: past this, the gevent loop gets a turn first
 
 
 def estimate_tokens(chars: int) -> int:
@@ -62,6 +65,8 @@ def count_request_tokens(request: dict) -> int:
         for block in content if isinstance(content, list) else [content or ""]:
             c, i = _block_chars(block, other)
             chars, images = chars + c + 3, images + i
+    if len(other) >= LARGE_BLOCK_COUNT:
+        give_way()  # the blocks of a long conversation are counted in two steps, not one
     chars += _json_chars(other)
     tools = request.get("tools")
     if isinstance(tools, list) and tools:

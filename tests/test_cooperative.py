@@ -46,7 +46,7 @@ def test_a_large_conversion_gives_other_greenlets_turns():
                          timeout=60, check=True).stdout
     seen = json.loads(out.strip().splitlines()[-1])
     assert seen["patched"]
-    # 433 messages: a turn every 100 messages and one before the token count
+    # 433 messages: a turn every 100 messages and one at the end
     assert seen["ticks_during"] >= 4, seen
 
 
