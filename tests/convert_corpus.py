@@ -2,9 +2,11 @@
 of them, so tests/test_convert_equivalence.py can prove a faster converter sends Q the same.
 
 The references must come from the converter as it was before a change, so run this on that
-commit and commit its output; rerunning it after a change would only agree with itself.
+commit and commit its output; rerunning it after a change would only agree with itself. The
+committed fixture was written by 7548b85's amq (main's converter), with this script copied in:
 
-    python -m tests.convert_corpus            # records, then writes the fixture
+    git archive 7548b85 | tar -x -C /tmp/base && cp tests/convert_corpus.py /tmp/base/tests/
+    (cd /tmp/base && python -m tests.convert_corpus) && cp /tmp/base/tests/data/*.json tests/data/
 
 The corpus: every request the conversion and fuzz suites hand to convert_request (recorded by
 wrapping it while pytest runs them, the fuzz suite at AMQ_FUZZ_EXAMPLES=300 with its fixed
