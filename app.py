@@ -21,6 +21,7 @@ from amq.config import ConfigError, load_settings
 from amq.credentials.manager import TokenManager
 from amq.credentials.store import report_store
 from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
+from amq.jsonio import OrjsonProvider
 from amq.logs import configure_logging, key_fingerprint, log_access
 from amq.models import ModelCatalogue
 from amq.proxy import Proxy
@@ -98,6 +99,7 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     configure_logging(settings.log_level, settings.log_format)
 
     app = Flask(__name__)
+    app.json = OrjsonProvider(app)  # jsonify: the same JSON values, written faster
     # Werkzeug refuses a larger declared Content-Length; views._body() limits chunked bodies.
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,

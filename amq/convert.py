@@ -15,10 +15,15 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
+import orjson
+
+from .cooperative import give_way
 from .errors import InvalidRequest
+from .jsonio import Checked
 
 MAX_DESCRIPTION = 10_240
 MAX_IMAGES_PER_MESSAGE = 10
+GIVE_WAY_EVERY = 100  # messages converted between two turns of a gevent worker's event loop
 _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 # json.loads turns a "\\ud800" escape into a lone surrogate, which UTF-8 cannot encode.
@@ -105,6 +110,20 @@ def _wire_safe(value):
     if isinstance(value, float) and not math.isfinite(value):
         raise InvalidRequest(f"the request holds {value}, which is not a JSON number")
     return value
+
+
+def _is_wire_safe(request, state: dict) -> bool:
+    """True when `_wire_safe(state)` would change nothing: a request orjson read (`Checked`)
+    holds no lone surrogate and no non-finite number, and the conversion adds none. orjson
+    must also be able to write it (it stops at 255 levels of nesting, before Python's
+    recursion limit): deeper requests take the scan, which refuses what it refused before."""
+    if not isinstance(request, Checked):
+        return False
+    try:
+        orjson.dumps(state)
+    except TypeError:
+        return False
+    return True
 
 
 def _text_of(value, where: str) -> str:
@@ -276,6 +295,8 @@ def _turns(messages) -> list[_Turn]:
         raise InvalidRequest("messages: must be a non-empty list")
     turns: list[_Turn] = []
     for i, message in enumerate(messages):
+        if i % GIVE_WAY_EVERY == GIVE_WAY_EVERY - 1:
+            give_way()  # a long conversation: the worker's other streams get their events
         where = f"messages.{i}"
         if not isinstance(message, dict):
             raise InvalidRequest(f"{where}: must be an object")
@@ -491,9 +512,11 @@ def convert_request(request: dict, *, model_id: str | None = None, origin: str =
     if history:
         state["history"] = history
     try:
-        body: dict = {"conversationState": _wire_safe(state)}
+        body: dict = {"conversationState": state if _is_wire_safe(request, state) else _wire_safe(state)}
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
     if profile_arn:
         body["profileArn"] = profile_arn
+    if len(turns) >= GIVE_WAY_EVERY:
+        give_way()  # before the token count and the upstream call of a long conversation
     return Conversion(body=body, tool_names=tool_names, skipped_tools=skipped)

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 import requests
 import urllib3
 from requests.adapters import HTTPAdapter
+from requests.utils import get_netrc_auth
 
 from . import metrics
 from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
+from .jsonio import dumps
 from .models import QModel
 from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
 
@@ -62,15 +64,67 @@ def transport_errors(url: str, *, mid_answer: bool = False) -> Iterator[None]:
         raise BadGateway(f"cannot reach Amazon Q at {url} ({kind})") from None
 
 
+class EnvironmentOnceSession(requests.Session):
+    """A Session that reads the environment once per origin instead of on every call.
+
+    With trust_env, requests looks up the proxy variables (walking os.environ, twice), the CA
+    bundle variables and ~/.netrc for each request: about a quarter of the CPU of a call to Q
+    in the profile. Here the first call to an origin (scheme://host:port) does that lookup and
+    later calls reuse it, so NO_PROXY is still decided per host, as requests decides it;
+    changes to the environment after the first call are not seen. Calls given their own
+    proxies or auth, and URLs with credentials in them, take requests' own path.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._environment: dict = {}  # (origin, stream, verify, cert) -> merged settings
+        self._netrc: dict = {}  # origin -> what ~/.netrc says for it, or _no_netrc_auth
+
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):
+        origin = _origin(url)
+        if proxies or not self.trust_env or "@" in origin:
+            return super().merge_environment_settings(url, proxies, stream, verify, cert)
+        key = (origin, stream, verify, cert)
+        settings = self._environment.get(key)
+        if settings is None:
+            settings = super().merge_environment_settings(url, {}, stream, verify, cert)
+            self._environment[key] = settings
+        return dict(settings, proxies=dict(settings["proxies"]))
+
+    def prepare_request(self, request):
+        if self.trust_env and not request.auth and not self.auth and request.url:
+            origin = _origin(request.url)
+            if "@" not in origin:
+                auth = self._netrc.get(origin)
+                if auth is None:
+                    auth = self._netrc[origin] = get_netrc_auth(request.url) or _no_netrc_auth
+                request.auth = auth
+        return super().prepare_request(request)
+
+
+def _origin(url: str) -> str:
+    return "/".join(url.split("/", 3)[:3]).lower()
+
+
+def _no_netrc_auth(prepared: requests.PreparedRequest) -> requests.PreparedRequest:
+    """The auth of a URL ~/.netrc has nothing for: none (truthy, so requests does not look again)."""
+    return prepared
+
+
 def new_session(pool_size: int) -> requests.Session:
     """One pooled session for every upstream call; sized like the worker's connection limit so
     busy streams do not each open (and TLS-handshake) a connection of their own."""
-    session = requests.Session()
+    session = EnvironmentOnceSession()
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = "amq/0.1 (Amazon Q proxy for Claude clients)"
     return session
+
+
+def encode_body(body: dict) -> bytes:
+    """A Q request body as the compact UTF-8 JSON sent on the wire."""
+    return dumps(body)
 
 
 class QClient:
@@ -140,7 +194,7 @@ class QClient:
 
         Retries happen only here, before anything has reached the client.
         """
-        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        data = encode_body(body)
         headers = dict(headers, **{"amz-sdk-invocation-id": str(uuid.uuid4())})
         deadline = self._clock() + self.retry_budget
         attempts = attempts or self.max_attempts

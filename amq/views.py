@@ -1,7 +1,6 @@
 """HTTP endpoints: messages (streaming or not), count_tokens, models, health, metrics."""
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Iterator
 from itertools import chain
@@ -10,13 +9,16 @@ from flask import Blueprint, Response, current_app, g, jsonify, request
 
 from . import metrics
 from .access import check_metrics_access
+from .cooperative import give_way
 from .errors import INTERNAL_ERROR, InvalidRequest, NotFound, ProxyError, RequestTooLarge
+from .jsonio import loads
 from .message import collect_message
 from .sse import error_event, format_event
 from .tokencount import count_request_tokens
 
 logger = logging.getLogger(__name__)
 bp = Blueprint("api", __name__)
+LARGE_BODY = 64 * 1024  # bytes: a body whose parse and conversion each take a millisecond or more
 
 
 def _proxy():
@@ -49,13 +51,15 @@ def _json_object() -> dict:
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
     try:
-        payload = json.loads(raw)
+        payload = loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
     if not isinstance(payload, dict):
         raise InvalidRequest("request body must be a JSON object")
+    if len(raw) > LARGE_BODY:
+        give_way()  # the other streams' events, before the conversion of a large request
     return payload
 
 

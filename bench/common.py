@@ -100,13 +100,13 @@ class FastQProcess:
     """
 
     def __init__(self, *, delay: float = 0.0, reply: str = "typical", kind: str = "fastq",
-                 cpus: str | None = None):
+                 cpus: str | None = None, jitter: float = 0.0):
         self.port = free_port()
         self.kind = kind
         self.log = tempfile.NamedTemporaryFile(prefix=f"{kind}-", suffix=".log", delete=False)  # noqa: SIM115 - the process's log, read after it exits
         if kind == "fastq":
             cmd = [sys.executable, str(BENCH / "fastq.py"), "--port", str(self.port),
-                   "--delay", str(delay), "--reply", reply]
+                   "--delay", str(delay), "--reply", reply, "--jitter", str(jitter)]
         else:
             cmd = [sys.executable, "-m", "tests.fakeq", "--port", str(self.port), "--fast",
                    "--no-rotate", "--delay", str(delay)]

@@ -9,7 +9,7 @@ message, then send an answer encoded once at start-up: one HTTP chunk per event-
 all in one write (or, with --delay, one write per frame and a pause before each frame; a
 current message containing "[fastq:no-delay]" is answered at once, for warm-ups).
 
-    python bench/fastq.py --port 8900 [--delay 0.05] [--reply typical|numbered]
+    python bench/fastq.py --port 8900 [--delay 0.05 [--jitter 0.03]] [--reply typical|numbered]
 
 It prints one JSON line (url, credentials, frames per answer) and serves until SIGTERM/SIGINT.
 Endpoints: POST /token (OIDC refresh, no rotation), POST / with X-Amz-Target
@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import signal
 import sys
 import time
@@ -78,8 +79,10 @@ class FastQ:
     """
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, delay: float = 0.0,
-                 frames: list[bytes] | None = None, on_frame: Callable[[str, int, float], None] | None = None):
+                 frames: list[bytes] | None = None, on_frame: Callable[[str, int, float], None] | None = None,
+                 jitter: float = 0.0):
         self.delay = delay
+        self.jitter = jitter  # each pause is delay + uniform(0, jitter): a real pace is uneven
         self.frames = frames if frames is not None else typical_frames()
         self.on_frame = on_frame
         self.client_id = "fastq-" + uuid.uuid4().hex[:16]
@@ -219,7 +222,7 @@ class FastQ:
             return
         sock.sendall(self._stream_head)
         for index, chunk in enumerate(self._chunks):
-            gevent.sleep(delay)
+            gevent.sleep(delay + random.uniform(0.0, self.jitter) if self.jitter else delay)
             if self.on_frame is not None:
                 self.on_frame(message["content"], index, time.monotonic())
             sock.sendall(chunk)
@@ -243,9 +246,10 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python bench/fastq.py", description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=8900)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each frame")
+    parser.add_argument("--jitter", type=float, default=0.0, help="up to this many seconds more per pause")
     parser.add_argument("--reply", choices=sorted(REPLIES), default="typical")
     args = parser.parse_args(argv)
-    fake = FastQ(port=args.port, delay=args.delay, frames=REPLIES[args.reply]()).start()
+    fake = FastQ(port=args.port, delay=args.delay, frames=REPLIES[args.reply](), jitter=args.jitter).start()
     print(json.dumps(fake.settings()), flush=True)
     done = gevent.event.Event()
     gevent.signal_handler(signal.SIGTERM, done.set)

@@ -1,0 +1,149 @@
+"""amq.jsonio reads and writes the same JSON values as the stdlib did, orjson or not; the
+upstream session reads the environment once per origin and still honours NO_PROXY per host."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import requests
+
+from amq.jsonio import Checked, OrjsonProvider, dumps, loads
+from amq.upstream import EnvironmentOnceSession, new_session
+
+SAME_AS_STDLIB = [
+    b'{"a": "\\ud800", "b": "cut \\ud83d"}',  # lone surrogates: orjson refuses them
+    b'{"a": NaN, "b": -Infinity, "c": 1e400}',  # no JSON numbers; orjson refuses them
+    b'{"big": 123456789012345678901234567890, "neg": -98765432109876543210}',  # orjson: floats
+    b'\xef\xbb\xbf{"bom": 1}',
+    '{"utf16": "é"}'.encode("utf-16"),
+    b'{"raw surrogate": "\xed\xa0\x80"}',
+    b'{"a": 1, "a": 2, "f": 0.1, "e": 1E+2, "z": -0, "zf": -0.0, "s": "\\u2028\\u0000"}',
+    b"[1, 2, 3]",
+    b'"just a string"',
+]
+
+
+@pytest.mark.parametrize("raw", SAME_AS_STDLIB)
+def test_loads_reads_what_the_stdlib_reads(raw):
+    got, expected = loads(raw), json.loads(raw)
+    assert repr(got) == repr(expected)  # repr: NaN != NaN, and int vs float shows
+    assert type(got) in (Checked, type(expected))
+
+
+@pytest.mark.parametrize("raw", [b"", b"{", b'{"a": 1,}', b"[1] x", b'{"a": "\x01"}', b"\xff\xfe\x00"])
+def test_loads_refuses_what_the_stdlib_refuses_with_its_message(raw):
+    with pytest.raises((ValueError, UnicodeDecodeError)) as ours:
+        loads(raw)
+    with pytest.raises((ValueError, UnicodeDecodeError)) as stdlib:
+        json.loads(raw)
+    assert str(ours.value) == str(stdlib.value)
+
+
+def test_only_orjson_read_objects_are_marked_checked():
+    assert type(loads(b'{"a": [1, "x", {"b": 2.5}]}')) is Checked
+    for raw in (b'{"a": "\\udc80"}', b'{"a": NaN}', b'{"a": 12345678901234567890123}'):
+        assert type(loads(raw)) is dict, raw
+
+
+def test_dumps_parses_back_to_the_value_whatever_orjson_cannot_write():
+    for value in ({"a": "é😀\u2028", "n": [1, 2.5, None, True]}, {"big": 2 ** 80}, {1: "int key"},
+                  {"deep": json.loads("[" * 300 + "]" * 300)}):
+        assert json.loads(dumps(value)) == json.loads(json.dumps(value))
+
+
+def test_flask_responses_are_the_same_json_values(tmp_path):
+    from flask import Flask
+
+    app = Flask(__name__)
+    stdlib = app.json
+    app.json = OrjsonProvider(app)
+    values = [{"b": 1, "a": ["é", 2.5, None]}, {"message": "echoed \ud800 text"}, {"n": 2 ** 70}]
+    with app.app_context():
+        for value in values:
+            ours, theirs = app.json.response(value), stdlib.response(value)
+            assert ours.mimetype == theirs.mimetype == "application/json"
+            assert json.loads(ours.get_data()) == json.loads(theirs.get_data())
+            assert ours.get_data().endswith(b"\n")
+        assert app.json.response({"b": 1, "a": 2}).get_data() == b'{"a":2,"b":1}\n'  # sorted, as Flask
+
+
+def test_nan_is_never_written_as_null_for_a_request():
+    """dumps is for converted bodies, which hold no NaN: the converter refuses it first."""
+    from amq.convert import convert_request
+    from amq.errors import InvalidRequest
+
+    request = {"model": "m", "messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"x": math.nan}}]}]}
+    with pytest.raises(InvalidRequest):
+        convert_request(request, model_id="m")
+
+
+# -- the upstream session ----------------------------------------------------------------------
+
+class _Recorder(requests.adapters.HTTPAdapter):
+    def __init__(self):
+        super().__init__()
+        self.sent = []
+
+    def send(self, request, **kwargs):
+        self.sent.append((request, kwargs))
+        response = requests.Response()
+        response.status_code = 200
+        response._content = b"{}"
+        return response
+
+
+def _session_with_recorder():
+    session = new_session(4)
+    assert isinstance(session, EnvironmentOnceSession)
+    recorder = _Recorder()
+    session.mount("http://", recorder)
+    return session, recorder
+
+
+def test_proxies_come_from_the_environment_and_no_proxy_is_honoured_per_host(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.setenv("NO_PROXY", "q.internal")
+    session, recorder = _session_with_recorder()
+    session.post("http://q.internal/x", data=b"{}")
+    session.post("http://q.example/x", data=b"{}")
+    proxies = [kwargs["proxies"] for _, kwargs in recorder.sent]
+    assert proxies[0].get("http") is None
+    assert proxies[1]["http"] == "http://proxy.example:3128"
+
+
+def test_the_environment_is_read_once_per_origin(monkeypatch):
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    monkeypatch.delenv("no_proxy", raising=False)
+    session, recorder = _session_with_recorder()
+    lookups = []
+    real = requests.sessions.get_environ_proxies
+    monkeypatch.setattr(requests.sessions, "get_environ_proxies",
+                        lambda *a, **k: lookups.append(a) or real(*a, **k))
+    for _ in range(3):
+        session.post("http://q.example/x", data=b"{}")
+    session.post("http://other.example/x", data=b"{}")
+    assert len(lookups) == 2  # one per origin, not one per call
+    assert all(kwargs["proxies"]["http"] == "http://proxy.example:3128" for _, kwargs in recorder.sent)
+    recorder.sent[0][1]["proxies"]["http"] = "changed"  # a caller's copy, not the cached one
+    session.post("http://q.example/x", data=b"{}")
+    assert recorder.sent[-1][1]["proxies"]["http"] == "http://proxy.example:3128"
+
+
+def test_netrc_is_read_once_and_still_applies(monkeypatch, tmp_path):
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine q.example login user password secret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    session, recorder = _session_with_recorder()
+    session.post("http://q.example/x", data=b"{}")
+    netrc.write_text("machine q.example login other password changed\n")
+    session.post("http://q.example/x", data=b"{}")
+    session.post("http://nothing.example/x", data=b"{}")
+    auth = [request.headers.get("Authorization") for request, _ in recorder.sent]
+    assert auth[0] == auth[1] == requests.auth._basic_auth_str("user", "secret")
+    assert auth[2] is None
+    session.post("http://q.example/x", data=b"{}", headers={"Authorization": "Bearer t"}, auth=lambda r: r)
+    assert recorder.sent[-1][0].headers["Authorization"] == "Bearer t"
