@@ -454,16 +454,14 @@ def _assistant_message(turn: _Turn) -> dict:
     return {"assistantResponseMessage": message}
 
 
-def convert_request(request: dict, *, model_id: str | None = None, origin: str = "CLI",
-                    profile_arn: str = "", conversation_id: str | None = None) -> Conversion:
+def convert_request(request: dict, *, origin: str, conversation_id: str | None = None) -> Conversion:
     """The whole conversion: check each block, merge, pair, and lay out history and currentMessage.
 
-    Without `model_id` the body has no model yet (`Conversion.for_model` adds it).
+    The body has no model yet: `Conversion.for_model` adds it (and the profile ARN) once the
+    request is valid and its model resolved.
 
     :raises InvalidRequest: naming the offending field.
     """
-    if not isinstance(request, dict):
-        raise InvalidRequest("request body must be a JSON object")
     context: list[str] = []
     if request.get("system") not in (None, "", []):
         context.append(_text_of(request["system"], "system"))
@@ -502,8 +500,6 @@ def convert_request(request: dict, *, model_id: str | None = None, origin: str =
                        else _assistant_message(turn))
 
     current = _user_message(turns[-1], origin, current=True)
-    if model_id is not None:
-        current["userInputMessage"]["modelId"] = model_id
     if specs:
         current["userInputMessage"].setdefault("userInputMessageContext", {})["tools"] = specs
 
@@ -515,8 +511,6 @@ def convert_request(request: dict, *, model_id: str | None = None, origin: str =
         body: dict = {"conversationState": state if _is_wire_safe(request, state) else _wire_safe(state)}
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
-    if profile_arn:
-        body["profileArn"] = profile_arn
     if len(turns) >= GIVE_WAY_EVERY:
         give_way()  # before the token count and the upstream call of a long conversation
     return Conversion(body=body, tool_names=tool_names, skipped_tools=skipped)

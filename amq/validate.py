@@ -25,7 +25,7 @@ class MessageRequest:
     stop_sequences: list[str] = field(default_factory=list)
 
 
-def validate_request(payload: dict, *, origin: str = "CLI") -> MessageRequest:
+def validate_request(payload: dict, *, origin: str) -> MessageRequest:
     """Check `payload` as Anthropic's API would, and convert it for Q (`origin` goes with each
     message).
 

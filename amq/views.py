@@ -45,8 +45,9 @@ def _body() -> bytes:
         chunks.append(chunk)
 
 
-def _json_object() -> dict:
-    """The request body as a JSON object, or a 400 that says what is wrong."""
+def _json_body():
+    """The request body as JSON, or a 400 that says what is wrong (the validation step then
+    insists on an object)."""
     raw = _body()
     if not raw:
         raise InvalidRequest("request body is empty; expected a JSON object")
@@ -56,8 +57,6 @@ def _json_object() -> dict:
         raise InvalidRequest(f"request body is not valid JSON: {exc}") from None
     except RecursionError:
         raise InvalidRequest("request body is nested too deeply") from None
-    if not isinstance(payload, dict):
-        raise InvalidRequest("request body must be a JSON object")
     if len(raw) > LARGE_BODY:
         give_way()  # the other streams' events, before the conversion of a large request
     return payload
@@ -86,7 +85,7 @@ def _sse(batches: Iterator[list[dict]], record: metrics.RequestRecord) -> Iterat
 @bp.post("/v1/messages")
 def create_message():
     """Create a message, streamed as SSE when `stream` is true."""
-    payload = _json_object()
+    payload = _json_body()
     message = _proxy().validate(payload)
     events = _proxy().open_message(message, record=g.record)
     if message.stream:
@@ -102,7 +101,7 @@ def create_message():
 @bp.post("/v1/messages/count_tokens")
 def count_tokens():
     """Estimated input tokens of a Messages request (see README: how close it is)."""
-    payload = _json_object()
+    payload = _json_body()
     _proxy().validate(payload)  # what /v1/messages would refuse, this refuses too
     return jsonify({"input_tokens": count_request_tokens(payload)})
 

@@ -58,7 +58,7 @@ def q_body(anthropic_request: dict) -> dict:
     """The Q request amq itself would send for `anthropic_request` (amq's own converter)."""
     from amq.convert import convert_request
 
-    return convert_request(anthropic_request, model_id="claude-sonnet-4.5").body
+    return convert_request(anthropic_request, origin="CLI").for_model("claude-sonnet-4.5")
 
 
 class Target:

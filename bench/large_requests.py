@@ -104,13 +104,13 @@ def stages(repeats: int) -> dict:
     for name, request in bodies.items():
         raw = encoded(request)
         parsed = parse(raw)
-        body = convert.convert_request(parsed, model_id="claude-sonnet-4.5", conversation_id="bench").body
+        body = convert.convert_request(parsed, origin="CLI", conversation_id="bench").for_model("claude-sonnet-4.5")
         figures = {
             "bytes": len(raw),
             "messages": len(request["messages"]),
             "parse_ms": _cpu_ms(lambda raw=raw: parse(raw), repeats),
-            "convert_ms": _cpu_ms(lambda p=parsed: convert.convert_request(p, model_id="claude-sonnet-4.5"),
-                                  repeats),
+            "convert_ms": _cpu_ms(
+                lambda p=parsed: convert.convert_request(p, origin="CLI").for_model("claude-sonnet-4.5"), repeats),
             "count_tokens_ms": _cpu_ms(lambda p=parsed: tokencount.count_request_tokens(p), repeats),
             "encode_ms": _cpu_ms(lambda body=body: encode(body), repeats),
             "stdlib_round_trip_ms": _cpu_ms(lambda raw=raw: json.dumps(json.loads(raw)), repeats),

@@ -101,7 +101,7 @@ def measure(fake: InProcessFake, kind: str, port: int, streams: int, concurrency
             from amq.convert import convert_request
 
             q = convert_request(dict(SMALL_REQUEST, messages=[{"role": "user", "content": tag}]),
-                                model_id="claude-sonnet-4.5").body
+                                origin="CLI").for_model("claude-sonnet-4.5")
             payload = http_request(port, "/", {"Content-Type": "application/x-amz-json-1.0",
                                                "X-Amz-Target": GAR_TARGET,
                                                "Authorization": f"Bearer {fake.settings['access_token']}"},

@@ -39,11 +39,14 @@ GENERATED = [(150_000, 0), (550_000, 0), (150_000, 1), (550_000, 7),
 def outcome(request, kwargs: dict) -> dict:
     """What convert_request makes of `request`, as plain JSON: the Q body and the maps (and the
     token estimate), or the error it raises. The conversation id is fixed (else random)."""
-    kwargs = dict(kwargs, conversation_id=CONVERSATION_ID)
+    # The fixture's calls name the model and profile ARN as convert_request once took them;
+    # Conversion.for_model adds them now.
+    options = {"origin": kwargs.get("origin", "CLI"), "conversation_id": CONVERSATION_ID}
     try:
-        conversion = amq.convert.convert_request(request, **kwargs)
+        conversion = amq.convert.convert_request(request, **options)
     except amq.convert.InvalidRequest as exc:
         return {"error": exc.message}
+    conversion.for_model(kwargs.get("model_id", "claude-sonnet-4.5"), kwargs.get("profile_arn", ""))
     return {"body": conversion.body, "tool_names": conversion.tool_names,
             "skipped_tools": conversion.skipped_tools,
             "input_tokens": amq.tokencount.count_request_tokens(request)}

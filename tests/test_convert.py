@@ -21,9 +21,10 @@ from tests.fakeq import DEFAULT_MODELS, validate_request
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
 
 
-def convert(request, **kwargs):
+def convert(request, profile_arn: str = "", origin: str = "CLI"):
     """Convert and insist the result is something Q accepts."""
-    result = convert_request(request, model_id="claude-sonnet-4.5", **kwargs)
+    result = convert_request(request, origin=origin)
+    result.for_model("claude-sonnet-4.5", profile_arn)
     problem = validate_request(result.body, DEFAULT_MODELS)
     assert problem is None, problem
     return result
@@ -316,7 +317,7 @@ def test_profile_arn_is_sent_when_configured():
         "duplicate-tool"])
 def test_malformed_requests_name_the_field(request_body, field):
     with pytest.raises(InvalidRequest) as info:
-        convert_request(request_body, model_id="claude-sonnet-4.5")
+        convert_request(request_body, origin="CLI")
     assert info.value.message.startswith(field), info.value.message
 
 

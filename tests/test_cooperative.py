@@ -28,7 +28,7 @@ SCRIPT = textwrap.dedent("""
     def large_request(result):
         start = time.monotonic()
         request = loads(raw)
-        convert_request(request, model_id="m")
+        convert_request(request, origin="CLI").for_model("m")
         result.update(start=start, end=time.monotonic())
 
     result = {}
@@ -54,5 +54,5 @@ def test_without_gevent_nothing_yields_or_needs_a_hub():
     from amq.convert import convert_request
     from tests.claude_code_requests import sized_request
 
-    body = convert_request(sized_request("150k", 1), model_id="m").body
+    body = convert_request(sized_request("150k", 1), origin="CLI").for_model("m")
     assert body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"] == "m"

@@ -76,7 +76,7 @@ def test_nan_is_never_written_as_null_for_a_request():
     request = {"model": "m", "messages": [{"role": "assistant", "content": [
         {"type": "tool_use", "id": "t1", "name": "Bash", "input": {"x": math.nan}}]}]}
     with pytest.raises(InvalidRequest):
-        convert_request(request, model_id="m")
+        convert_request(request, origin="CLI").for_model("m")
 
 
 # -- the upstream session ----------------------------------------------------------------------

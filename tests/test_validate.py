@@ -18,7 +18,7 @@ HI = [{"role": "user", "content": "hi"}]
 ])
 def test_each_offending_field_is_named(extra, field):
     with pytest.raises(InvalidRequest, match=f"^{field}"):
-        validate_request({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI, **extra})
+        validate_request({"model": "claude-sonnet-4-5", "max_tokens": 10, "messages": HI, **extra}, origin="CLI")
 
 
 def test_a_valid_request_carries_what_the_proxy_acts_on():
