@@ -23,6 +23,7 @@ so Q's own answer reaches the client as it did before there was a pool.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -222,7 +223,7 @@ class AccountPool:
         elif disposition == "suspended":
             health.update(state="suspended", until=None)
         elif disposition == "invalid":
-            health.update(state="invalid", until=None, version=self._versions.get(account.name, 0))
+            health.update(state="invalid", until=None, version=self._login_version(account.name))
         elif failures >= settings.errors_before_cooldown:  # transient, once too often in a row
             health.update(state="cooling", until=now + settings.cooldown_errors)
         else:
@@ -414,6 +415,13 @@ class AccountPool:
             self.state.set_health(name, health)
         except (StoreUnavailable, OSError) as exc:
             logger.warning("account %s: health not shared (%s)", name, getattr(exc, "message", exc))
+
+    def _login_version(self, name: str) -> int:
+        """The stored login's version now (a refresh that failed has written its marker and
+        cleared it again): a later version is a new login."""
+        with contextlib.suppress(StoreUnavailable, OSError):
+            self._versions[name] = self.store.version(name)
+        return self._versions.get(name, 0)
 
     def _known(self, name: str) -> None:
         if name in self._accounts:
