@@ -494,6 +494,7 @@ class FakeAccount:
     suspended: bool = False
     delay: float = 0.0  # seconds before answering (a slow account)
     failures: int = 0  # the next N calls get a 500 InternalServerException
+    limit: int | None = None  # after this many served calls, the monthly limit is reached
     credits_limit: float = 1000.0  # what GetUsageLimits reports
     credits_used: float = 0.0
     days_until_reset: int = 12
@@ -504,7 +505,7 @@ class FakeAccount:
         """The error this account answers now, or None to serve normally."""
         if self.suspended:
             return http_error(403, "AccessDeniedException", SUSPENDED, reason="TEMPORARILY_SUSPENDED")
-        if self.monthly:
+        if self.monthly or (self.limit is not None and self.served >= self.limit):
             return http_error(400, "ThrottlingException", MONTHLY, reason="MONTHLY_REQUEST_COUNT")
         if self.risk > 0:
             self.risk -= 1
