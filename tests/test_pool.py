@@ -397,3 +397,26 @@ def test_the_pool_works_across_gunicorn_workers_with_the_file_store(fake, tmp_pa
 def post(server, **headers):
     return requests.post(server.url + "/v1/messages", json=fresh(), headers={"Connection": "close", **headers},
                          timeout=10)
+
+
+def test_login_with_an_account_name_adds_an_account_that_joins_the_running_pool(fake, store):
+    add_logins(fake, store, a={})
+    running = make_app(fake, store)
+    running.test_client().post("/v1/messages", json=fresh())
+    fake.auto_approve = True
+    cli = create_app(pool_config(fake, Path(store.path)), require_credentials=False).test_cli_runner()
+    result = cli.invoke(args=["login", "--account", "work", "--oidc-url", fake.url,
+                              "--profile-arn", "arn:aws:codewhisperer:us-east-1:123456789012:profile/ABCDEFGHIJKL"])
+    assert result.exit_code == 0, result.output
+    assert "account work joins the pool" in result.output
+    stored = store.load("work")
+    assert stored["profileArn"].endswith("profile/ABCDEFGHIJKL") and store.accounts() == ["a", "work"]
+    assert stored["refreshToken"] not in result.output
+    time.sleep(0.1)
+    for _ in range(4):
+        assert running.test_client().post("/v1/messages", json=fresh()).status_code == 200
+    work = [r for r in fake.requests if r["account"] is None]  # the fake's device login is no FakeAccount
+    assert len(work) == 2
+    assert work[0]["body"]["profileArn"].endswith("profile/ABCDEFGHIJKL")  # this account's own profile
+    bad = cli.invoke(args=["login", "--account", "../etc"])
+    assert bad.exit_code != 0 and "--account" in bad.output
