@@ -113,6 +113,7 @@ class AccountPool:
         self._monotonic = monotonic
         self.worker = uuid.uuid4().hex[:12]
         self._accounts: dict[str, Account] = {}
+        self._ordered: list[Account] | None = None
         self._health: dict[str, dict] = {}
         self._versions: dict[str, int] = {}
         self._shared_inflight: dict[str, int] = {}
@@ -170,6 +171,7 @@ class AccountPool:
         self.store.remove(name)
         self.state.forget(name)
         self._accounts.pop(name, None)
+        self._ordered = None
         self._health.pop(name, None)
 
     def activity(self, minutes: int = 60) -> list[tuple[int, int, int]]:
@@ -180,13 +182,18 @@ class AccountPool:
     # ------------------------------------------------------------------ health
 
     def accounts(self) -> list[Account]:
-        """Accounts in pool order: AMAZONQ_ACCOUNT_ORDER first, then by name."""
-        order = {name: index for index, name in enumerate(self.settings.account_order)}
-        return sorted(self._accounts.values(), key=lambda a: (order.get(a.name, len(order)), a.name))
+        """Accounts in pool order: AMAZONQ_ACCOUNT_ORDER first, then by name (sorted when the
+        membership changes, not per request)."""
+        if self._ordered is None:
+            order = {name: index for index, name in enumerate(self.settings.account_order)}
+            self._ordered = sorted(self._accounts.values(), key=lambda a: (order.get(a.name, len(order)), a.name))
+        return self._ordered
 
     def effective(self, name: str, now: float) -> tuple[str, float | None, str]:
         """(state, until, reason) as of `now`: a rest that has passed is over."""
-        health = self._health.get(name) or {}
+        health = self._health.get(name)
+        if not health:
+            return "active", None, ""
         state = health.get("state") or "active"
         until = health.get("until")
         if state in ("cooling", "exhausted") and (until is None or until <= now):
@@ -370,10 +377,12 @@ class AccountPool:
             if name not in self._accounts:
                 tokens = self._default if name == DEFAULT_ACCOUNT else self._make_tokens(name)
                 self._accounts[name] = self._account(name, tokens)
+                self._ordered = None
                 logger.info("account %s joined the pool", name)
         for name in list(self._accounts):
             if name not in stored and not (name == DEFAULT_ACCOUNT and not self._default.missing):
                 del self._accounts[name]
+                self._ordered = None
                 logger.info("account %s left the pool (its login was removed)", name)
 
     def _account(self, name: str, tokens: TokenManager) -> Account:
