@@ -110,7 +110,8 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
                             fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
     pool = AccountPool(settings, tokens.store, open_pool_state(tokens.store), default_tokens=tokens,
                        make_tokens=partial(_account_tokens, settings, session, tokens.store),
-                       usage_limits=lambda account: client.usage_limits(account.tokens, account.profile_arn),
+                       usage_limits=lambda account: client.usage_limits(account.tokens, account.profile_arn,
+                                                                         account.endpoint),
                        observe=metrics.account_event)
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models, pool=pool)
     app.register_blueprint(bp)

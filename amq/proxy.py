@@ -84,7 +84,7 @@ class Proxy:
             body = request.conversion.for_model(q_model, account.profile_arn)
             pool.begin(account)
             try:
-                response = self.client.open(body, tokens=account.tokens,
+                response = self.client.open(body, tokens=account.tokens, endpoint=account.endpoint,
                                             attempts=None if pool.single else 1)
             except ProxyError as exc:
                 pool.end(account)

@@ -101,20 +101,29 @@ class QClient:
         self._wall_clock = time.time
         self.sleep = sleep  # cooperative under gevent; a test may replace it
 
-    def open(self, body: dict, *, tokens: TokenManager | None = None,
-             attempts: int | None = None) -> requests.Response:
+    def open(self, body: dict, *, tokens: TokenManager | None = None, attempts: int | None = None,
+             endpoint: str | None = None) -> requests.Response:
         """POST GenerateAssistantResponse with `tokens`' account (default: this client's);
         return the 200 response, body unread. `attempts` overrides UPSTREAM_MAX_ATTEMPTS (the
-        account pool tries another account instead of the same one again).
+        account pool tries another account instead of the same one again); `endpoint`, an
+        account's own regional endpoint.
 
         :raises ProxyError: the mapped Anthropic error for any non-200 answer or network fault.
         """
-        return self._call(self.url, body, self._headers, stream=True, attempts=attempts, tokens=tokens)
+        url = self._url_for(endpoint) if endpoint else self.url
+        return self._call(url, body, self._headers, stream=True, attempts=attempts, tokens=tokens)
 
-    def usage_limits(self, tokens: TokenManager, profile_arn: str = "") -> tuple[float | None, float | None]:
+    def _url_for(self, endpoint: str) -> str:
+        if self.binding == "rest":
+            return endpoint.rstrip("/") + "/generateAssistantResponse"
+        return endpoint if endpoint.endswith("/") else endpoint + "/"
+
+    def usage_limits(self, tokens: TokenManager, profile_arn: str = "",
+                     endpoint: str | None = None) -> tuple[float | None, float | None]:
         """GetUsageLimits (docs/amazon-q-api.md, "Usage limits"): (credits left, monthly reset
         epoch), each None when the answer does not say."""
-        base = self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/"
+        base = (endpoint.rstrip("/") + "/") if endpoint else (
+            self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/")
         query = {"origin": "AI_EDITOR", "resourceType": "AGENTIC_REQUEST"}
         if profile_arn:
             query["profileArn"] = profile_arn

@@ -116,7 +116,8 @@ def test_exhaustion_lasts_until_the_monthly_reset(fake, store):
     assert client.post("/v1/messages", json=BODY).status_code == 200
     exhausted = summary(app, "a")
     assert exhausted.state == "exhausted" and "MONTHLY_REQUEST_COUNT" in exhausted.reason
-    assert exhausted.until == pytest.approx(first_of_next_month(time.time()) + 600, abs=5)
+    # the first of next month, or (once GetUsageLimits answered) the fake's reset in 12 days
+    assert exhausted.until > time.time() + 3600
     fake.accounts["a"].monthly = False  # even if Q would answer again, amq waits for the reset
     for _ in range(3):
         assert client.post("/v1/messages", json=BODY).status_code == 200
@@ -133,7 +134,8 @@ def test_an_exhausted_account_is_back_by_itself_after_the_reset(fake, store):
     error = map_upstream_error(400, "ThrottlingException", "MONTHLY_REQUEST_COUNT", "reached for this month.")
     account = next(a for a in pool.accounts() if a.name == "a")
     pool.report_failure(account, error)
-    assert pool.effective("a", clock[0])[0] == "exhausted"
+    # no GetUsageLimits here: the first of next month UTC, plus the margin
+    assert pool.effective("a", clock[0])[:2] == ("exhausted", first_of_next_month(clock[0]) + 600)
     assert [pool.choose("m").name for _ in range(3)] == ["b", "b", "b"]
     clock[0] = first_of_next_month(clock[0]) + 601
     assert pool.effective("a", clock[0])[0] == "active"
@@ -420,3 +422,27 @@ def test_login_with_an_account_name_adds_an_account_that_joins_the_running_pool(
     assert work[0]["body"]["profileArn"].endswith("profile/ABCDEFGHIJKL")  # this account's own profile
     bad = cli.invoke(args=["login", "--account", "../etc"])
     assert bad.exit_code != 0 and "--account" in bad.output
+
+
+def test_exhaustion_lasts_until_the_reset_getusagelimits_reports(fake, store):
+    add_logins(fake, store, a={"monthly": True, "days_until_reset": 3}, b={})
+    app = make_app(fake, store, AMAZONQ_ACCOUNT_STRATEGY="priority", AMAZONQ_ACCOUNT_ORDER="a,b")
+    assert app.test_client().post("/v1/messages", json=BODY).status_code == 200
+    deadline = time.monotonic() + 5
+    while summary(app, "a").until != pytest.approx(time.time() + 3 * 86400 + 600, abs=10):
+        assert time.monotonic() < deadline, "the reset date was not learnt"
+        time.sleep(0.05)
+    exhausted = summary(app, "a")
+    assert exhausted.state == "exhausted"
+    assert exhausted.until == pytest.approx(time.time() + 3 * 86400 + 600, abs=10)
+
+
+def test_an_account_of_another_region_uses_that_regions_endpoint():
+    from amq.credentials.pool import account_endpoint
+
+    default = "https://q.us-east-1.amazonaws.com/"
+    frankfurt = "arn:aws:codewhisperer:eu-central-1:123456789012:profile/ABCDEFGHIJKL"
+    assert account_endpoint(default, frankfurt) == "https://q.eu-central-1.amazonaws.com/"
+    assert account_endpoint(default, frankfurt.replace("eu-central-1", "us-east-1")) is None
+    assert account_endpoint(default, "") is None
+    assert account_endpoint("http://127.0.0.1:9/", frankfurt) is None  # a configured endpoint wins

@@ -130,3 +130,19 @@ def test_a_tool_loop_survives_throttling_exhaustion_and_suspension_then_429_name
     finally:
         first.stop()
         second.stop()
+
+
+@pytest.mark.parametrize("backend", ["file", "redis"])
+def test_streams_in_flight_of_a_dead_worker_stop_counting_by_themselves(backend, redis_server, tmp_path):
+    """A worker killed mid-stream never says its streams ended: its published count expires."""
+    from amq.credentials.pool_state import INFLIGHT_TTL, Deltas, open_pool_state
+    from amq.credentials.store import FileStore
+
+    store = FileStore(str(tmp_path / "token.json")) if backend == "file" else \
+        RedisStore(redis_server.client(), prefix=f"lease-{uuid.uuid4().hex[:6]}:")
+    state = open_pool_state(store)
+    now = 1_800_000_000.0
+    state.sync(["a"], Deltas(), {"a": 3}, "dead-worker", now)
+    assert state.sync(["a"], Deltas(), {"a": 1}, "live-worker", now + 1).inflight == {"a": 4}
+    later = state.sync(["a"], Deltas(), {"a": 1}, "live-worker", now + INFLIGHT_TTL + 1)
+    assert later.inflight == {"a": 1}

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
-from ..config import Settings
+from ..config import DEFAULT_REGION, Settings
 from ..errors import NoAccountAvailable, ProxyError, StoreUnavailable
 from .manager import NoCredentials, TokenManager
 from .pool_state import Deltas, PoolState
@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 STATES = ("active", "cooling", "exhausted", "suspended", "invalid", "disabled")
 STICKY_LIMIT = 10_000  # conversations remembered per worker
+DEFAULT_ENDPOINT = "https://q.{region}.amazonaws.com"  # Q's regional hosts (docs/amazon-q-api.md)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Account:
     name: str
     tokens: TokenManager
     profile_arn: str = ""
+    endpoint: str | None = None  # Q's endpoint for this account's profile region (None: the setting's)
     no_models: set[str] = field(default_factory=set)  # models this account answered INVALID_MODEL_ID
     inflight: int = 0  # streams this worker has open on it
     remaining_credits: float | None = None  # from GetUsageLimits
@@ -225,8 +227,12 @@ class AccountPool:
         elif disposition == "risk":
             health.update(state="cooling", until=now + settings.cooldown_risk)
         elif disposition == "monthly":
-            reset = account.reset_at if account.reset_at and account.reset_at > now else first_of_next_month(now)
+            known = account.reset_at is not None and account.reset_at > now
+            reset = account.reset_at if known else first_of_next_month(now)
             health.update(state="exhausted", until=reset + settings.reset_margin)
+            if not known and self._usage_limits is not None:  # ask Q when it resets, beside the request
+                threading.Thread(target=self._learn_reset, args=(account,), daemon=True,
+                                 name=f"amq-reset-{account.name}").start()
         elif disposition == "suspended":
             health.update(state="suspended", until=None)
         elif disposition == "invalid":
@@ -390,8 +396,9 @@ class AccountPool:
             record = self.store.load(name)
         except (StoreUnavailable, OSError):
             record = {}
-        return Account(name=name, tokens=tokens,
-                       profile_arn=str(record.get("profileArn") or self.settings.profile_arn))
+        profile_arn = str(record.get("profileArn") or self.settings.profile_arn)
+        return Account(name=name, tokens=tokens, profile_arn=profile_arn,
+                       endpoint=account_endpoint(self.settings.api_endpoint, profile_arn))
 
     def _publish_states(self) -> None:
         now = self._clock()
@@ -418,6 +425,13 @@ class AccountPool:
         account.remaining_credits = remaining
         account.reset_at = reset or account.reset_at
 
+    def _learn_reset(self, account: Account) -> None:
+        """An exhausted account: GetUsageLimits' reset date replaces the first-of-month guess."""
+        self._fetch_usage(account)
+        health = self._health.get(account.name) or {}
+        if account.reset_at and health.get("state") == "exhausted":
+            self._set_health(account.name, dict(health, until=account.reset_at + self.settings.reset_margin))
+
     def _set_health(self, name: str, health: dict) -> None:
         self._health[name] = health
         try:
@@ -438,6 +452,16 @@ class AccountPool:
         if name in self.store.accounts():
             return
         raise KeyError(name)
+
+
+def account_endpoint(configured: str, profile_arn: str) -> str | None:
+    """Q's endpoint for a profile in another region than the default endpoint's, else None
+    (the configured endpoint). A configured non-default endpoint (a test fake, a proxy) wins."""
+    parts = profile_arn.split(":")
+    region = parts[3] if len(parts) >= 6 and profile_arn.startswith("arn:") else ""
+    if not region or configured.rstrip("/") != DEFAULT_ENDPOINT.format(region=DEFAULT_REGION):
+        return None
+    return None if region == DEFAULT_REGION else DEFAULT_ENDPOINT.format(region=region) + "/"
 
 
 def _seconds(value) -> float:
