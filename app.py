@@ -106,13 +106,12 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
                      session=session, timeout=(settings.connect_timeout, settings.read_timeout),
                      max_attempts=settings.max_attempts, retry_budget=settings.retry_budget)
-    models = ModelCatalogue(settings.default_model, settings.model_map,
-                            fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
     pool = AccountPool(settings, tokens.store, open_pool_state(tokens.store), default_tokens=tokens,
                        make_tokens=partial(_account_tokens, settings, session, tokens.store),
                        usage_limits=lambda account: client.usage_limits(account.tokens, account.profile_arn,
                                                                          account.endpoint),
                        observe=metrics.account_event)
+    models = ModelCatalogue(settings.default_model, settings.model_map, fetch=partial(_list_models, client, pool))
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models, pool=pool)
     app.register_blueprint(bp)
     register_commands(app)
@@ -146,6 +145,15 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         return _error_response(_as_proxy_error(exc))
 
     return app
+
+
+def _list_models(client: QClient, pool: AccountPool):
+    """ListAvailableModels with an account of the pool (the environment's may not exist)."""
+    account = pool.any_account()
+    if account is None:
+        return client.list_models(pool.settings.origin, pool.settings.profile_arn)
+    return client.list_models(pool.settings.origin, account.profile_arn, tokens=account.tokens,
+                              endpoint=account.endpoint)
 
 
 def _account_tokens(settings, session, store, account: str) -> TokenManager:

@@ -142,11 +142,13 @@ class QClient:
             raise UpstreamFailure("GetUsageLimits answered with something not JSON") from None
         return parse_usage_limits(data, self._wall_clock())
 
-    def list_models(self, origin: str, profile_arn: str = "") -> tuple[list[QModel], str | None]:
+    def list_models(self, origin: str, profile_arn: str = "", *, tokens: TokenManager | None = None,
+                    endpoint: str | None = None) -> tuple[list[QModel], str | None]:
         """ListAvailableModels, all pages (docs/amazon-q-api.md, "Models"): the models and the
         account's default."""
         headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
-        url = self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/"
+        url = (endpoint.rstrip("/") + "/") if endpoint else (
+            self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/")
         models, default, next_token = [], None, None
         for _ in range(20):  # a bound on pages, whatever the service says
             body = {"origin": origin}
@@ -155,7 +157,7 @@ class QClient:
             if next_token:
                 body["nextToken"] = next_token
             # A short read timeout and one attempt: a slow list must not hold up messages.
-            response = self._call(url, body, headers, stream=False, attempts=1,
+            response = self._call(url, body, headers, stream=False, attempts=1, tokens=tokens,
                                   timeout=(self.timeout[0], min(self.timeout[1], 10.0)))
             try:
                 data = response.json()

@@ -392,6 +392,8 @@ def test_the_pool_works_across_gunicorn_workers_with_the_file_store(fake, tmp_pa
             assert post(server).status_code == 200
         assert fake.accounts["a"].calls == 1  # once one worker met the throttling, no worker chose it
         assert len({line.split()[2] for line in server.log().splitlines() if "amq.access: POST" in line}) == 2
+        log = server.log()  # no login in the environment: the model list is asked with a pool account
+        assert "Amazon Q offers" in log and "ListAvailableModels failed" not in log
         text = requests.get(server.url + "/metrics", timeout=10).text  # summed over both workers
         assert 'amq_account_state{account="a",state="cooling"} 1.0' in text
         assert 'amq_account_errors_total{account="a",disposition="throttled"} 1.0' in text

@@ -280,6 +280,15 @@ class AccountPool:
 
     # ------------------------------------------------------------------ selection
 
+    def any_account(self) -> Account | None:
+        """An account for calls that are not a conversation (the model list): the first active."""
+        if not self._accounts:
+            self.sync()
+        now = self._clock()
+        accounts = self.accounts()
+        return next((a for a in accounts if self.effective(a.name, now)[0] == "active"),
+                    accounts[0] if accounts else None)
+
     @property
     def single(self) -> bool:
         return len(self._accounts) == 1
