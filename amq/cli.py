@@ -124,6 +124,8 @@ def import_command(path: str | None, kiro: bool, account: str):
     except ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
     cache = _proxy().tokens.store
+    if account != DEFAULT_ACCOUNT and found.profile_arn:
+        found.record["profileArn"] = found.profile_arn  # a named account keeps its own profile
     try:
         cache.replace_login(found.record, account)
     except ProxyError as exc:
@@ -133,12 +135,14 @@ def import_command(path: str | None, kiro: bool, account: str):
     click.echo(f"Imported the {found.source} login from {found.path} into {_where(cache, account)} "
                f"(region {record['region']}"
                + (f", registration valid until {iso_time(expiry)}" if expiry else "") + ").")
+    if account != DEFAULT_ACCOUNT:
+        click.echo(f"Account {account} joins the pool within seconds.")
     for note in found.notes:
         click.echo(f"Note: {note}.")
     click.echo(f"Note: amq and the {found.source} now share one refresh token. If the service "
                "rotates it, whichever refreshes first signs the other out; `flask --app app login` "
                "gives amq a login of its own.")
-    if found.profile_arn and found.profile_arn != settings.profile_arn:
+    if found.profile_arn and found.profile_arn != settings.profile_arn and account == DEFAULT_ACCOUNT:
         region = found.profile_arn.split(":")[3] if found.profile_arn.count(":") >= 5 else ""
         click.echo(f"The {found.source} uses the profile {found.profile_arn}: set AMAZONQ_PROFILE_ARN "
                    "to it" + (f" and AMAZONQ_API_ENDPOINT=https://q.{region}.amazonaws.com/"

@@ -451,3 +451,18 @@ def test_an_account_of_another_region_uses_that_regions_endpoint():
     assert account_endpoint(default, frankfurt.replace("eu-central-1", "us-east-1")) is None
     assert account_endpoint(default, "") is None
     assert account_endpoint("http://127.0.0.1:9/", frankfurt) is None  # a configured endpoint wins
+
+
+def test_import_q_cli_with_an_account_name_keeps_that_logins_profile(fake, store, tmp_path):
+    from tests.test_login import cli_login, make_database
+
+    arn = "arn:aws:codewhisperer:eu-central-1:123456789012:profile/ABCDEFGHIJKL"
+    database = make_database(tmp_path / "q" / "data.sqlite3", "codewhisperer", **cli_login(fake),
+                             profile={"arn": arn, "profile_name": "dev"})
+    cli = create_app(pool_config(fake, Path(store.path)), require_credentials=False).test_cli_runner()
+    result = cli.invoke(args=["import-q-cli", "--account", "laptop", str(database)])
+    assert result.exit_code == 0, result.output
+    stored = store.load("laptop")
+    assert stored["refreshToken"] == fake.refresh_token and stored["profileArn"] == arn
+    assert store.load() == {} and fake.refresh_token not in result.output
+    assert "Account laptop joins the pool" in result.output
