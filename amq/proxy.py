@@ -80,7 +80,7 @@ class Proxy:
             if account is None:
                 if last is not None and last.disposition in ("model", "transient"):
                     raise last  # no account refused on health: Q's own answer is the truth
-                raise pool.unavailable()
+                raise pool.unavailable(q_model)
             body = request.conversion.for_model(q_model, account.profile_arn)
             pool.begin(account)
             try:

@@ -466,3 +466,14 @@ def test_import_q_cli_with_an_account_name_keeps_that_logins_profile(fake, store
     assert stored["refreshToken"] == fake.refresh_token and stored["profileArn"] == arn
     assert store.load() == {} and fake.refresh_token not in result.output
     assert "Account laptop joins the pool" in result.output
+
+
+def test_a_model_no_account_offers_is_a_400_not_a_429(fake, store):
+    add_logins(fake, store, a={}, b={})
+    fake.enqueue(*[http_error(400, "ValidationException", "Invalid model.", reason="INVALID_MODEL_ID")] * 2)
+    client = make_app(fake, store).test_client()
+    first = client.post("/v1/messages", json=BODY)
+    assert first.status_code == 400 and len(fake.requests) == 2  # both tried, Q's own answer
+    again = client.post("/v1/messages", json=fresh())  # both known to lack it: no call at all
+    assert again.status_code == 400 and "not offered" in again.get_json()["error"]["message"]
+    assert len(fake.requests) == 2

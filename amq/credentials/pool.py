@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from ..config import DEFAULT_REGION, Settings
-from ..errors import NoAccountAvailable, ProxyError, StoreUnavailable
+from ..errors import InvalidRequest, NoAccountAvailable, ProxyError, StoreUnavailable
 from .manager import NoCredentials, TokenManager
 from .pool_state import Deltas, PoolState
 from .record import DEFAULT_ACCOUNT, iso_time
@@ -259,13 +259,18 @@ class AccountPool:
         if health.get("failures"):
             self._set_health(account.name, dict(health, failures=0))
 
-    def unavailable(self) -> ProxyError:
-        """The 429 when no account can serve: when the first is back, and every account's state."""
+    def unavailable(self, model: str = "") -> ProxyError:
+        """The 429 when no account can serve: when the first is back, and every account's state
+        (a 400 when the healthy ones all lack the model)."""
         if not self._accounts:
             if self._store_error is not None:  # the logins are in a store that does not answer
                 return self._store_error
             return NoCredentials(self._default.missing or "AMAZONQ_REFRESH_TOKEN")
         now = self._clock()
+        healthy = [a for a in self.accounts() if self.effective(a.name, now)[0] == "active"]
+        if healthy and all(model in a.no_models for a in healthy):
+            return InvalidRequest(f"model {model} is not offered by any Amazon Q account that can serve now "
+                                  f"({', '.join(a.name for a in healthy)})")
         states, back = [], []
         for account in self.accounts():
             state, until, _ = self.effective(account.name, now)
