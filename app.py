@@ -8,6 +8,7 @@ import logging
 import sys
 import time
 import uuid
+from dataclasses import replace
 from functools import partial
 
 import click
@@ -19,6 +20,8 @@ from amq.access import check_access, presented_key
 from amq.cli import register_commands
 from amq.config import ConfigError, load_settings
 from amq.credentials.manager import TokenManager
+from amq.credentials.pool import AccountPool
+from amq.credentials.pool_state import open_pool_state
 from amq.credentials.store import report_store
 from amq.errors import INTERNAL_ERROR, InvalidRequest, MethodNotAllowed, NotFound, ProxyError, RequestTooLarge
 from amq.jsonio import OrjsonProvider
@@ -105,9 +108,13 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     client = QClient(endpoint=settings.api_endpoint, binding=settings.api_binding, tokens=tokens,
                      session=session, timeout=(settings.connect_timeout, settings.read_timeout),
                      max_attempts=settings.max_attempts, retry_budget=settings.retry_budget)
-    models = ModelCatalogue(settings.default_model, settings.model_map,
-                            fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
-    app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models)
+    pool = AccountPool(settings, tokens.store, open_pool_state(tokens.store), default_tokens=tokens,
+                       make_tokens=partial(_account_tokens, settings, session, tokens.store),
+                       usage_limits=lambda account: client.usage_limits(account.tokens, account.profile_arn,
+                                                                         account.endpoint),
+                       observe=metrics.account_event)
+    models = ModelCatalogue(settings.default_model, settings.model_map, fetch=partial(_list_models, client, pool))
+    app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models, pool=pool)
     app.register_blueprint(bp)
     register_commands(app)
 
@@ -140,6 +147,23 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         return _error_response(_as_proxy_error(exc))
 
     return app
+
+
+def _list_models(client: QClient, pool: AccountPool):
+    """ListAvailableModels with an account of the pool (the environment's may not exist)."""
+    account = pool.any_account()
+    if account is None:
+        return client.list_models(pool.settings.origin, pool.settings.profile_arn)
+    return client.list_models(pool.settings.origin, account.profile_arn, tokens=account.tokens,
+                              endpoint=account.endpoint)
+
+
+def _account_tokens(settings, session, store, account: str) -> TokenManager:
+    """The token manager of a stored account other than the environment's `default`: its
+    login is the store's alone."""
+    stored_only = replace(settings, refresh_token="", client_id="", client_secret="")
+    return TokenManager.from_settings(stored_only, session, required=False, store=store, account=account,
+                                      store_outage_ok=True, on_refresh=metrics.record_refresh)
 
 
 _store_checked = False  # set in the gunicorn master; its forked workers inherit it

@@ -22,7 +22,7 @@ from .errors import ProxyError
 
 
 def register_commands(app) -> None:
-    for command in (login_command, import_command, status_command, copy_command):
+    for command in (login_command, import_command, status_command, copy_command, accounts_command):
         app.cli.add_command(command)
 
 
@@ -71,26 +71,35 @@ def _when(epoch: float, now: float) -> str:
 @click.option("--oidc-url", "oidc_override", metavar="URL",
               help="SSO-OIDC base URL. Default: https://oidc.REGION.amazonaws.com, or "
                    "AMAZONQ_TOKEN_ENDPOINT without /token if that is set and --region is not.")
+@click.option("--account", default=DEFAULT_ACCOUNT, show_default=True,
+              help="Name of the account in amq's pool (letters, digits, '.', '_', '-').")
+@click.option("--profile-arn", default="", help="This account's Amazon Q Developer profile ARN "
+              "(IAM Identity Center); default AMAZONQ_PROFILE_ARN.")
 @with_appcontext
-def login_command(start_url: str, region: str, oidc_override: str | None):
+def login_command(start_url: str, region: str, oidc_override: str | None, account: str, profile_arn: str):
     """Log in to Amazon Q (device code flow) and store the login for amq."""
     settings = _proxy().settings
     cache = _proxy().tokens.store
+    _check_name(account)
     region_given = click.get_current_context().get_parameter_source("region") != ParameterSource.DEFAULT
     oidc = OidcClient(_oidc_base(settings, oidc_override, region, region_given), requests.Session(),
                       timeout=(settings.connect_timeout, 30.0))
     try:
-        record = device_login(oidc, start_url=start_url, region=region, previous=cache.load(),
+        record = device_login(oidc, start_url=start_url, region=region, previous=cache.load(account),
                               echo=click.echo)
     except LoginError as exc:
         raise click.ClickException(str(exc)) from None
+    if profile_arn:
+        record["profileArn"] = profile_arn
     try:
-        cache.replace_login(record)
+        cache.replace_login(record, account)
     except ProxyError as exc:
         raise click.ClickException(f"the login worked but cannot be stored: {exc.message}") from None
-    click.echo(f"Logged in. The login is stored in {_where(cache)}.")
-    _warn_environment(settings)
-    if start_url != BUILDER_ID_START_URL and not settings.profile_arn:
+    click.echo(f"Logged in. The login is stored in {_where(cache, account)}"
+               + (f"; account {account} joins the pool within seconds." if account != DEFAULT_ACCOUNT else "."))
+    if account == DEFAULT_ACCOUNT:
+        _warn_environment(settings)
+    if start_url != BUILDER_ID_START_URL and not (settings.profile_arn or profile_arn):
         click.echo("IAM Identity Center: set AMAZONQ_PROFILE_ARN to your Amazon Q Developer profile "
                    "ARN (and AMAZONQ_API_ENDPOINT for profiles outside us-east-1).")
     click.echo("Start amq with `gunicorn wsgi:app`; `flask --app app status` checks the login.")
@@ -99,8 +108,9 @@ def login_command(start_url: str, region: str, oidc_override: str | None):
 @click.command("import-q-cli")
 @click.argument("path", required=False, type=click.Path(dir_okay=False))
 @click.option("--kiro", is_flag=True, help="Take the Kiro CLI's login (default database, or its keys in PATH).")
+@click.option("--account", default=DEFAULT_ACCOUNT, show_default=True, help="Name of the account in amq's pool.")
 @with_appcontext
-def import_command(path: str | None, kiro: bool):
+def import_command(path: str | None, kiro: bool, account: str):
     """Import the Amazon Q CLI's (or Kiro CLI's) login from its SQLite database.
 
     PATH defaults to data.sqlite3 in the CLI's data directory (Linux: ~/.local/share/amazon-q/,
@@ -108,31 +118,109 @@ def import_command(path: str | None, kiro: bool):
     CLI's is kiro-cli/ beside it).
     """
     settings = _proxy().settings
+    _check_name(account)
     try:
         found = find_login(path, prefer="Kiro CLI" if kiro else None)
     except ImportFailed as exc:
         raise click.ClickException(str(exc)) from None
     cache = _proxy().tokens.store
+    if account != DEFAULT_ACCOUNT and found.profile_arn:
+        found.record["profileArn"] = found.profile_arn  # a named account keeps its own profile
     try:
-        cache.replace_login(found.record)
+        cache.replace_login(found.record, account)
     except ProxyError as exc:
         raise click.ClickException(f"cannot store the login: {exc.message}") from None
     record = found.record
     expiry = record.get("clientSecretExpiresAt")
-    click.echo(f"Imported the {found.source} login from {found.path} into {_where(cache)} "
+    click.echo(f"Imported the {found.source} login from {found.path} into {_where(cache, account)} "
                f"(region {record['region']}"
                + (f", registration valid until {iso_time(expiry)}" if expiry else "") + ").")
+    if account != DEFAULT_ACCOUNT:
+        click.echo(f"Account {account} joins the pool within seconds.")
     for note in found.notes:
         click.echo(f"Note: {note}.")
     click.echo(f"Note: amq and the {found.source} now share one refresh token. If the service "
                "rotates it, whichever refreshes first signs the other out; `flask --app app login` "
                "gives amq a login of its own.")
-    if found.profile_arn and found.profile_arn != settings.profile_arn:
+    if found.profile_arn and found.profile_arn != settings.profile_arn and account == DEFAULT_ACCOUNT:
         region = found.profile_arn.split(":")[3] if found.profile_arn.count(":") >= 5 else ""
         click.echo(f"The {found.source} uses the profile {found.profile_arn}: set AMAZONQ_PROFILE_ARN "
                    "to it" + (f" and AMAZONQ_API_ENDPOINT=https://q.{region}.amazonaws.com/"
                               if region and region != DEFAULT_REGION else "") + ".")
-    _warn_environment(settings)
+    if account == DEFAULT_ACCOUNT:
+        _warn_environment(settings)
+
+
+def _check_name(account: str) -> None:
+    try:
+        check_account(account)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--account") from None
+
+
+@click.group("accounts", invoke_without_command=True)
+@click.pass_context
+@with_appcontext
+def accounts_command(context):
+    """List the Amazon Q accounts of the pool; `disable`, `enable` or `remove` one."""
+    if context.invoked_subcommand is not None:
+        return
+    pool = _proxy().pool
+    try:
+        summaries = pool.summaries()
+    except ProxyError as exc:
+        raise click.ClickException(exc.message) from None
+    if not summaries:
+        click.echo("no accounts: `flask --app app login --account NAME` adds one")
+        return
+    now = time.time()
+    click.echo(f"strategy: {pool.settings.account_strategy}"
+               + (", conversations stay on their account" if pool.settings.sticky_sessions else ""))
+    for item in summaries:
+        state = item.state + (f" until {_when(item.until, now)}" if item.until else "")
+        click.echo(f"{item.name}  ({item.source})  {state}" + (f"  why: {item.reason}" if item.reason else ""))
+        click.echo(f"    today: {item.requests_today} requests, {item.errors_today} errors;  this month: "
+                   f"{item.input_tokens_month} input / {item.output_tokens_month} output tokens, "
+                   f"{item.credits_month:.2f} credits")
+        click.echo("    access token: " + (f"expires {_when(item.token_expires_at, now)}"
+                                            if item.token_expires_at else "none yet"))
+        if item.last_error:
+            click.echo(f"    last error: {item.last_error}")
+
+
+def _pool_action(name: str, action: str, done: str) -> None:
+    pool = _proxy().pool
+    try:
+        getattr(pool, action)(name)
+    except KeyError:
+        raise click.ClickException(f"no account named {name!r}; `flask --app app accounts` lists them") from None
+    except ProxyError as exc:
+        raise click.ClickException(exc.message) from None
+    click.echo(f"account {name}: {done}")
+
+
+@accounts_command.command("disable")
+@click.argument("name")
+@with_appcontext
+def disable_command(name: str):
+    """Take an account out of the pool until `enable`."""
+    _pool_action(name, "disable", "disabled; no instance chooses it until `accounts enable`")
+
+
+@accounts_command.command("enable")
+@click.argument("name")
+@with_appcontext
+def enable_command(name: str):
+    """Put an account back (also after a suspension, once it is lifted)."""
+    _pool_action(name, "enable", "enabled")
+
+
+@accounts_command.command("remove")
+@click.argument("name")
+@with_appcontext
+def remove_command(name: str):
+    """Delete an account's login from the store and the pool."""
+    _pool_action(name, "remove", "removed (its login is deleted from the store)")
 
 
 @click.command("status")

@@ -79,7 +79,27 @@ DEFAULTS: dict[str, str] = {
     "REDIS_TLS_VERIFY": "required",
     # Put before every key amq writes, so several deployments can share one Redis.
     "REDIS_KEY_PREFIX": "amq:",
+    # Which account serves a request: round-robin, least-busy, priority or quota.
+    "AMAZONQ_ACCOUNT_STRATEGY": "round-robin",
+    # Comma-separated account names, first first (priority, and the order `accounts` lists).
+    "AMAZONQ_ACCOUNT_ORDER": "",
+    # Keep a conversation on the account that served its previous turn (Q's prompt cache).
+    "AMAZONQ_STICKY_SESSIONS": "true",
+    # Seconds an account rests after per-user throttling (Q's Retry-After wins when longer).
+    "AMAZONQ_COOLDOWN_THROTTLED": "10",
+    # Seconds an account rests after Q's "suspicious activity ... temporary limits".
+    "AMAZONQ_COOLDOWN_RISK": "1800",
+    # Seconds an account rests after AMAZONQ_ERRORS_BEFORE_COOLDOWN 5xx or connection errors in a row.
+    "AMAZONQ_COOLDOWN_ERRORS": "30",
+    "AMAZONQ_ERRORS_BEFORE_COOLDOWN": "3",
+    # Seconds added to the monthly reset before an exhausted account is tried again.
+    "AMAZONQ_RESET_MARGIN": "600",
+    # Seconds between GetUsageLimits calls per account (remaining credits, reset date).
+    "AMAZONQ_USAGE_POLL_INTERVAL": "300",
+    # Seconds between a worker's reads of the shared account health (one store round trip).
+    "AMAZONQ_POOL_SYNC_INTERVAL": "1",
 }
+STRATEGIES = ("round-robin", "least-busy", "priority", "quota")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
 
@@ -120,6 +140,16 @@ class Settings:
     redis_url: str = field(repr=False)  # may hold a password
     redis_tls_verify: str
     redis_key_prefix: str
+    account_strategy: str
+    account_order: tuple[str, ...]
+    sticky_sessions: bool
+    cooldown_throttled: float
+    cooldown_risk: float
+    cooldown_errors: float
+    errors_before_cooldown: int
+    reset_margin: float
+    usage_poll_interval: float
+    pool_sync_interval: float
 
 
 @dataclass(frozen=True)
@@ -197,6 +227,11 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         raise ConfigError("REDIS_URL must start with redis:// or rediss:// (TLS)")
     if values["REDIS_TLS_VERIFY"] not in ("required", "none"):
         raise ConfigError(f"REDIS_TLS_VERIFY must be 'required' or 'none', got '{values['REDIS_TLS_VERIFY']}'")
+    if values["AMAZONQ_ACCOUNT_STRATEGY"] not in STRATEGIES:
+        raise ConfigError(f"AMAZONQ_ACCOUNT_STRATEGY must be one of {', '.join(STRATEGIES)}, "
+                          f"got '{values['AMAZONQ_ACCOUNT_STRATEGY']}'")
+    if values["AMAZONQ_STICKY_SESSIONS"].lower() not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigError("AMAZONQ_STICKY_SESSIONS must be true or false")
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
@@ -227,4 +262,14 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         redis_url=values["REDIS_URL"],
         redis_tls_verify=values["REDIS_TLS_VERIFY"],
         redis_key_prefix=values["REDIS_KEY_PREFIX"],
+        account_strategy=values["AMAZONQ_ACCOUNT_STRATEGY"],
+        account_order=tuple(n.strip() for n in values["AMAZONQ_ACCOUNT_ORDER"].split(",") if n.strip()),
+        sticky_sessions=values["AMAZONQ_STICKY_SESSIONS"].lower() in ("true", "1", "yes"),
+        cooldown_throttled=_number(values, "AMAZONQ_COOLDOWN_THROTTLED"),
+        cooldown_risk=_number(values, "AMAZONQ_COOLDOWN_RISK"),
+        cooldown_errors=_number(values, "AMAZONQ_COOLDOWN_ERRORS"),
+        errors_before_cooldown=_number(values, "AMAZONQ_ERRORS_BEFORE_COOLDOWN", int),
+        reset_margin=_number(values, "AMAZONQ_RESET_MARGIN"),
+        usage_poll_interval=_number(values, "AMAZONQ_USAGE_POLL_INTERVAL"),
+        pool_sync_interval=_number(values, "AMAZONQ_POOL_SYNC_INTERVAL"),
     )

@@ -17,6 +17,11 @@ class ProxyError(Exception):
     error_type = "api_error"
     retryable = False  # worth another upstream attempt before the client sees anything
     q_exception = ""  # Amazon Q's exception name, when Q sent this error
+    q_reason = ""  # and its `reason`
+    retry_after: str | None = None  # Q's Retry-After header, when it sent one
+    # What the error says about the account that met it (amq.q_errors.DISPOSITIONS); "" for
+    # failures that are nobody's account's (a bug, the store).
+    disposition = ""
 
     def __init__(self, message: str, *, headers: dict | None = None):
         super().__init__(message)
@@ -72,15 +77,18 @@ class MonthlyLimitReached(RateLimited):
 
 class UpstreamFailure(ProxyError):
     retryable = True
+    disposition = "transient"
     status, error_type = 500, "api_error"
 
 
 class BadGateway(ProxyError):
     retryable = True
+    disposition = "transient"
     status, error_type = 502, "api_error"
 
 
 class GatewayTimeout(ProxyError):
+    disposition = "transient"
     status, error_type = 504, "timeout_error"
 
 
@@ -92,6 +100,15 @@ class Overloaded(ProxyError):
 class CredentialsRejected(AuthenticationFailed):
     """The login itself was refused or is missing: only a new login fixes it (the token
     manager words the message, as it knows where the login came from)."""
+
+    disposition = "invalid"
+
+
+class NoAccountAvailable(RateLimited):
+    """Every account of the pool is resting, spent, suspended or disabled: a 429 whose
+    retry-after says when the first one is back (none when none comes back by itself)."""
+
+    retryable = False
 
 
 class StoreUnavailable(ProxyError):

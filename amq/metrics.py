@@ -74,6 +74,36 @@ TOKEN_REFRESHES = Counter(
 REFRESH_LOCK_WAIT = Histogram(
     "amq_token_refresh_lock_wait_seconds", "Time spent waiting for the refresh lock.",
     buckets=LOCK_WAIT_BUCKETS, registry=REGISTRY)
+ACCOUNT_REQUESTS = Counter(
+    "amq_account_requests_total", "Calls to Amazon Q, by the account that made them.",
+    ("account",), registry=REGISTRY)
+ACCOUNT_ERRORS = Counter(
+    "amq_account_errors_total", "Failed calls to Amazon Q, by account and what the error meant for "
+    "the account (amq/q_errors.py, DISPOSITIONS).", ("account", "disposition"), registry=REGISTRY)
+ACCOUNT_COOLDOWNS = Counter(
+    "amq_account_cooldowns_total", "Times an account was taken out of the pool, by the state it went to.",
+    ("account", "state"), registry=REGISTRY)
+ACCOUNT_STATE = Gauge(
+    "amq_account_state", "1 for each account's current state (as the workers last saw it), else 0.",
+    ("account", "state"), registry=REGISTRY, multiprocess_mode="mostrecent")
+ACCOUNT_STATES = ("active", "cooling", "exhausted", "suspended", "invalid", "disabled")
+DISPOSITION_LABELS = frozenset({"request", "model", "throttled", "risk", "monthly", "suspended",
+                                "invalid", "transient", "other"})
+
+
+def account_event(kind: str, account: str, label: str) -> None:
+    """For the account pool: a call ("request"), a failure ("error", its disposition), a rest
+    ("cooldown", the state) or the state seen at a sync ("state"). Account names are the
+    operator's (bounded, checked by amq.credentials.store.check_account)."""
+    if kind == "request":
+        ACCOUNT_REQUESTS.labels(account).inc()
+    elif kind == "error":
+        ACCOUNT_ERRORS.labels(account, label if label in DISPOSITION_LABELS else "other").inc()
+    elif kind == "cooldown" and label in ACCOUNT_STATES:
+        ACCOUNT_COOLDOWNS.labels(account, label).inc()
+    elif kind == "state" and label in ACCOUNT_STATES:
+        for state in ACCOUNT_STATES:
+            ACCOUNT_STATE.labels(account, state).set(1 if state == label else 0)
 
 
 @dataclass
@@ -88,7 +118,7 @@ class RequestRecord:
     key_fingerprint: str | None  # a short hash of the presented API key, never the key
     started: float
     model: str = "-"  # the Q model id, once resolved
-    account: str = "default"  # one login until there is an account pool
+    account: str = "-"  # the account that served it (the pool sets it)
     status: int = 0
     outcome: str = NOT_A_STREAM
     first_byte: float | None = None  # seconds after `started`

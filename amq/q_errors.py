@@ -21,6 +21,20 @@ from .errors import (
 
 RETRY_AFTER = {"retry-after": "5"}
 
+# What an error says about the account that met it; the account pool (amq/credentials/pool.py)
+# decides what each means for the account's health (docs/amazon-q-api.md, "Account-level errors").
+DISPOSITIONS = {
+    "request": "the request's own fault: back to the client, never held against the account",
+    "model": "the account does not offer this model: try another, no penalty",
+    "throttled": "per-user rate: a short rest, honouring Retry-After, never escalated",
+    "risk": "'suspicious activity ... temporary limits': a long rest",
+    "monthly": "the monthly or overage allowance is spent: out until the reset",
+    "suspended": "suspended: out until an operator enables it",
+    "invalid": "the login was refused: out until a new login",
+    "transient": "5xx or a connection fault: a rest only after several in a row",
+}
+MONTHLY_REASONS = ("MONTHLY_REQUEST_COUNT", "OVERAGE_REQUEST_LIMIT_EXCEEDED")
+
 
 def error_code(raw: str | None) -> str:
     """Reduce `ns#ThrottlingException:http://...` to `ThrottlingException`, as the AWS SDKs do."""
@@ -60,7 +74,27 @@ def map_upstream_error(status: int, code: str, reason: str, message: str) -> Pro
     """
     error = _classify(status, code, reason, message)
     error.q_exception = code
+    error.q_reason = reason
+    error.disposition = _disposition(status, code, reason, message, error)
     return error
+
+
+def _disposition(status: int, code: str, reason: str, message: str, error: ProxyError) -> str:
+    """Which of DISPOSITIONS the error is: Q's name and reason first, message text next."""
+    lowered = message.lower()
+    if reason == "INVALID_MODEL_ID":
+        return "model"
+    if isinstance(error, MonthlyLimitReached):
+        return "monthly"
+    if isinstance(error, PermissionDenied) and (reason == "TEMPORARILY_SUSPENDED" or "suspended" in lowered):
+        return "suspended"
+    if "suspicious activity" in lowered:
+        return "risk"
+    if isinstance(error, RateLimited):
+        return "throttled"
+    if isinstance(error, (Overloaded, UpstreamFailure)):
+        return "transient"
+    return "request"
 
 
 def _classify(status: int, code: str, reason: str, message: str) -> ProxyError:
@@ -71,11 +105,12 @@ def _classify(status: int, code: str, reason: str, message: str) -> ProxyError:
             # Claude Code compacts its context when the message starts like this.
             return InvalidRequest(f"prompt is too long: {text}")
         return InvalidRequest(text)
-    if reason == "MONTHLY_REQUEST_COUNT" or "reached for this month" in message:
+    if reason in MONTHLY_REASONS or "reached for this month" in message or "limit for overages" in message \
+            or (code == "ServiceQuotaExceededException" and reason != "CONVERSATION_LIMIT_EXCEEDED"):
         return MonthlyLimitReached(f"Amazon Q monthly request limit reached: {text}")
     if reason == "INSUFFICIENT_MODEL_CAPACITY":
         return Overloaded(text, headers=RETRY_AFTER)
-    if code in ("ThrottlingException", "ServiceQuotaExceededException") or status == 429:
+    if code in ("ThrottlingException", "ServiceQuotaExceededException") or status in (402, 429):
         return RateLimited(text, headers=RETRY_AFTER)
     if code == "AccessDeniedException" or status == 403:
         if reason == "TEMPORARILY_SUSPENDED" or "suspended" in message.lower():

@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING
+from urllib.parse import urlencode
 
 import requests
 import urllib3
@@ -151,20 +152,57 @@ class QClient:
         self.max_attempts = max_attempts
         self.retry_budget = retry_budget
         self._clock = clock
+        self._wall_clock = time.time
         self.sleep = sleep  # cooperative under gevent; a test may replace it
 
-    def open(self, body: dict) -> requests.Response:
-        """POST GenerateAssistantResponse; return the 200 response, body unread.
+    def open(self, body: dict, *, tokens: TokenManager | None = None, attempts: int | None = None,
+             endpoint: str | None = None) -> requests.Response:
+        """POST GenerateAssistantResponse with `tokens`' account (default: this client's);
+        return the 200 response, body unread. `attempts` overrides UPSTREAM_MAX_ATTEMPTS (the
+        account pool tries another account instead of the same one again); `endpoint`, an
+        account's own regional endpoint.
 
         :raises ProxyError: the mapped Anthropic error for any non-200 answer or network fault.
         """
-        return self._call(self.url, body, self._headers, stream=True)
+        url = self._url_for(endpoint) if endpoint else self.url
+        return self._call(url, body, self._headers, stream=True, attempts=attempts, tokens=tokens)
 
-    def list_models(self, origin: str, profile_arn: str = "") -> tuple[list[QModel], str | None]:
+    def _url_for(self, endpoint: str) -> str:
+        if self.binding == "rest":
+            return endpoint.rstrip("/") + "/generateAssistantResponse"
+        return endpoint if endpoint.endswith("/") else endpoint + "/"
+
+    def usage_limits(self, tokens: TokenManager, profile_arn: str = "",
+                     endpoint: str | None = None) -> tuple[float | None, float | None]:
+        """GetUsageLimits (docs/amazon-q-api.md, "Usage limits"): (credits left, monthly reset
+        epoch), each None when the answer does not say."""
+        base = (endpoint.rstrip("/") + "/") if endpoint else (
+            self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/")
+        query = {"origin": "AI_EDITOR", "resourceType": "AGENTIC_REQUEST"}
+        if profile_arn:
+            query["profileArn"] = profile_arn
+        url = base + "getUsageLimits?" + urlencode(query)
+        token = tokens.get_token()
+        with transport_errors(url):
+            response = self.session.get(url, headers={"Authorization": f"Bearer {token}"},
+                                        timeout=(self.timeout[0], min(self.timeout[1], 10.0)))
+        if response.status_code != 200:
+            raw = _read_limited(response)
+            raise map_upstream_error(response.status_code,
+                                     *parse_upstream_error(response.status_code, raw, response.headers))
+        try:
+            data = response.json()
+        except ValueError:
+            raise UpstreamFailure("GetUsageLimits answered with something not JSON") from None
+        return parse_usage_limits(data, self._wall_clock())
+
+    def list_models(self, origin: str, profile_arn: str = "", *, tokens: TokenManager | None = None,
+                    endpoint: str | None = None) -> tuple[list[QModel], str | None]:
         """ListAvailableModels, all pages (docs/amazon-q-api.md, "Models"): the models and the
         account's default."""
         headers = {"Content-Type": "application/x-amz-json-1.0", "X-Amz-Target": LIST_MODELS_TARGET}
-        url = self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/"
+        url = (endpoint.rstrip("/") + "/") if endpoint else (
+            self.url if self.binding == "rpc" else self.url.rsplit("/", 1)[0] + "/")
         models, default, next_token = [], None, None
         for _ in range(20):  # a bound on pages, whatever the service says
             body = {"origin": origin}
@@ -173,7 +211,7 @@ class QClient:
             if next_token:
                 body["nextToken"] = next_token
             # A short read timeout and one attempt: a slow list must not hold up messages.
-            response = self._call(url, body, headers, stream=False, attempts=1,
+            response = self._call(url, body, headers, stream=False, attempts=1, tokens=tokens,
                                   timeout=(self.timeout[0], min(self.timeout[1], 10.0)))
             try:
                 data = response.json()
@@ -189,7 +227,8 @@ class QClient:
         return models, default
 
     def _call(self, url: str, body: dict, headers: dict, *, stream: bool, attempts: int | None = None,
-              timeout: tuple[float, float] | None = None) -> requests.Response:
+              timeout: tuple[float, float] | None = None,
+              tokens: TokenManager | None = None) -> requests.Response:
         """One Q call, retried with jittered backoff on throttling, 5xx and connection errors.
 
         Retries happen only here, before anything has reached the client.
@@ -200,7 +239,8 @@ class QClient:
         attempts = attempts or self.max_attempts
         for attempt in range(1, attempts + 1):
             try:
-                response = self._attempt(url, data, headers, stream, timeout or self.timeout)
+                response = self._attempt(url, data, headers, stream, timeout or self.timeout,
+                                         tokens or self.tokens)
                 metrics.count_attempt(None)
                 return response
             except ProxyError as exc:
@@ -215,9 +255,9 @@ class QClient:
         raise AssertionError("unreachable")
 
     def _attempt(self, url: str, data: bytes, headers: dict, stream: bool,
-                 timeout: tuple[float, float]) -> requests.Response:
+                 timeout: tuple[float, float], tokens: TokenManager) -> requests.Response:
         """POST with the bearer token; on 403 "bearer token invalid", refresh once and resend."""
-        token = self.tokens.get_token()
+        token = tokens.get_token()
         for first in (True, False):
             response = self._post(url, data, headers, token, stream, timeout)
             if response.status_code == 200:
@@ -226,11 +266,13 @@ class QClient:
             code, reason, message = parse_upstream_error(response.status_code, raw, response.headers)
             if first and is_invalid_bearer(response.status_code, message):
                 logger.info("Amazon Q rejected the access token; refreshing once")
-                token = self.tokens.refresh_after_rejection(token)
+                token = tokens.refresh_after_rejection(token)
                 continue
             logger.warning("Amazon Q answered HTTP %s %s %s (request %s)", response.status_code,
                            code, reason, response.headers.get("x-amzn-requestid", "-"))
-            raise map_upstream_error(response.status_code, code, reason, message)
+            error = map_upstream_error(response.status_code, code, reason, message)
+            error.retry_after = response.headers.get("retry-after")
+            raise error
         raise AssertionError("unreachable")
 
     def _post(self, url: str, data: bytes, headers: dict, token: str, stream: bool,
@@ -389,3 +431,38 @@ def _event(message) -> tuple[str, dict]:
         raise error_frame(headers, message.payload)
     raise UpstreamFailure(f"Amazon Q sent a frame of unknown message type {kind!r}")
 
+
+
+def parse_usage_limits(data: dict, now: float) -> tuple[float | None, float | None]:
+    """Credits left and the reset time from either shape of GetUsageLimits' answer
+    (docs/amazon-q-api.md, "Usage limits"); None for what it does not say."""
+    remaining = None
+    for item in data.get("usageBreakdownList") or []:
+        if not isinstance(item, dict) or item.get("resourceType") not in (None, "CREDIT"):
+            continue
+        left = _number(item.get("usageLimitWithPrecision")) - _number(item.get("currentUsageWithPrecision"))
+        trial = item.get("freeTrialInfo") or {}
+        if trial.get("freeTrialStatus") == "ACTIVE":
+            left += _number(trial.get("usageLimitWithPrecision")) - _number(trial.get("currentUsageWithPrecision"))
+        for bonus in item.get("bonuses") or []:
+            if isinstance(bonus, dict) and bonus.get("status") == "ACTIVE":
+                left += _number(bonus.get("usageLimit")) - _number(bonus.get("currentUsage"))
+        remaining = (remaining or 0.0) + max(left, 0.0)
+    if remaining is None:
+        for item in data.get("limits") or []:
+            if isinstance(item, dict) and "totalUsageLimit" in item:
+                left = _number(item.get("totalUsageLimit")) - _number(item.get("currentUsageLimit"))
+                remaining = (remaining or 0.0) + max(left, 0.0)
+    reset = None
+    if isinstance(data.get("nextDateReset"), (int, float)):
+        reset = float(data["nextDateReset"])
+    elif isinstance(data.get("daysUntilReset"), (int, float)):
+        reset = now + float(data["daysUntilReset"]) * 86400
+    return remaining, reset
+
+
+def _number(value) -> float:
+    try:
+        return float(value or 0)
+    except (TypeError, ValueError):
+        return 0.0

@@ -87,7 +87,8 @@ def create_message():
     """Create a message, streamed as SSE when `stream` is true."""
     payload = _json_body()
     message = _proxy().validate(payload)
-    events = _proxy().open_message(message, record=g.record)
+    events = _proxy().open_message(message, record=g.record,
+                                   session=request.headers.get("X-Claude-Code-Session-Id"))
     if message.stream:
         body = metrics.observe_stream(_sse(events, g.record), g.record)
         return Response(body, status=200, mimetype="text/event-stream",

@@ -36,6 +36,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs
 
 from .eventstream_encode import encode_event
 
@@ -480,8 +481,58 @@ class _Server(ThreadingHTTPServer):
         super().handle_error(request, client_address)
 
 
+@dataclass
+class FakeAccount:
+    """One Q account behind the fake: its refresh tokens lead to its access tokens, and calls
+    made with those meet its behaviour (docs/amazon-q-api.md, "Account-level errors")."""
+
+    name: str
+    throttled: int = 0  # the next N calls get per-user throttling (429)
+    retry_after: str | None = None  # sent with that throttling
+    risk: int = 0  # the next N calls get the "suspicious activity" 429
+    monthly: bool = False  # the monthly limit is reached
+    suspended: bool = False
+    delay: float = 0.0  # seconds before answering (a slow account)
+    failures: int = 0  # the next N calls get a 500 InternalServerException
+    limit: int | None = None  # after this many served calls, the monthly limit is reached
+    credits_limit: float = 1000.0  # what GetUsageLimits reports
+    credits_used: float = 0.0
+    days_until_reset: int = 12
+    served: int = 0  # successful GenerateAssistantResponse calls
+    calls: int = 0  # every GenerateAssistantResponse call that reached the account
+
+    def answer(self) -> Reply | None:
+        """The error this account answers now, or None to serve normally."""
+        if self.suspended:
+            return http_error(403, "AccessDeniedException", SUSPENDED, reason="TEMPORARILY_SUSPENDED")
+        if self.monthly or (self.limit is not None and self.served >= self.limit):
+            return http_error(400, "ThrottlingException", MONTHLY, reason="MONTHLY_REQUEST_COUNT")
+        if self.risk > 0:
+            self.risk -= 1
+            return http_error(429, "ThrottlingException", RISK)
+        if self.throttled > 0:
+            self.throttled -= 1
+            headers = {"Retry-After": self.retry_after} if self.retry_after else None
+            return http_error(429, "ThrottlingException", "Too many requests, please wait before trying again.",
+                              reason="USER_REQUEST_RATE_EXCEEDED", headers=headers)
+        if self.failures > 0:
+            self.failures -= 1
+            return http_error(500, "InternalServerException", "Encountered an unexpected error when "
+                              "processing the request, please try again.")
+        return None
+
+
+SUSPENDED = ("Your User ID (d-0000000000.00000000-0000-0000-0000-000000000000) temporarily is suspended. "
+             "We've locked your account as a security precaution.")
+MONTHLY = "Maximum com.amazon.aws.codewhisperer.streaming.GenerateAssistantResponse reached for this month."
+RISK = ("Due to suspicious activity, we are imposing temporary limits on how frequently your account "
+        "(d-0000000000) can send a request while we investigate.")
+USAGE_LIMITS_QUERY = {"origin", "resourceType", "profileArn"}
+
+
 class FakeQ:
-    """The fake service: Q's two GenerateAssistantResponse bindings, ListAvailableModels and /token."""
+    """The fake service: Q's two GenerateAssistantResponse bindings, ListAvailableModels,
+    GetUsageLimits and /token; `add_account` puts more accounts behind it."""
 
     def __init__(self, *, models=DEFAULT_MODELS, max_content_chars=600_000, access_token_ttl=3600,
                  rotate_refresh_tokens=True, require_auth=True, host="127.0.0.1", port=0):
@@ -523,6 +574,10 @@ class FakeQ:
         self._lock = threading.Lock()
         self._script: list[Reply] = []
         self._access_tokens: dict[str, float] = {}  # token -> monotonic expiry
+        self.accounts: dict[str, FakeAccount] = {}
+        self._refresh_account: dict[str, str] = {}  # refresh token -> account name
+        self._access_account: dict[str, str] = {}  # access token -> account name
+        self.usage_requests: list[dict] = []
         self._connections: set[socket.socket] = set()
         self._stopping = threading.Event()
         self._address = (host, port)
@@ -575,7 +630,28 @@ class FakeQ:
         self.requests.clear()
         self.rejections.clear()
         self.token_requests.clear()
+        self.usage_requests.clear()
         return self
+
+    def add_account(self, name: str, **behaviour) -> str:
+        """A new account (a login for the pre-registered client); returns its refresh token."""
+        account = FakeAccount(name, **behaviour)
+        refresh_token = self.new_login()
+        with self._lock:
+            self.accounts[name] = account
+            self._refresh_account[refresh_token] = name
+        return refresh_token
+
+    def revoke(self, name: str) -> None:
+        """Every refresh token of the account stops working (invalid_grant)."""
+        with self._lock:
+            for token in [t for t, owner in self._refresh_account.items() if owner == name]:
+                self._grants.pop(token, None)
+
+    def account_of(self, access_token: str) -> FakeAccount | None:
+        with self._lock:
+            name = self._access_account.get(access_token)
+            return self.accounts.get(name) if name else None
 
     def enqueue(self, *replies: Reply):
         with self._lock:
@@ -693,6 +769,8 @@ class FakeQ:
                 refresh_token = _token("aor")
                 del self._grants[sent]
                 self._grants[refresh_token] = body["clientId"]
+                if sent in self._refresh_account:
+                    self._refresh_account[refresh_token] = self._refresh_account[sent]
                 if sent == self.refresh_token:
                     self.refresh_token = refresh_token
         return 200, self._issue(refresh_token), {}
@@ -729,8 +807,26 @@ class FakeQ:
         return 200, self._issue(refresh_token), {}
 
     def _issue(self, refresh_token: str) -> dict:
-        return {"accessToken": self.issue_access_token(), "tokenType": "Bearer",
+        access_token = self.issue_access_token()
+        with self._lock:
+            if refresh_token in self._refresh_account:
+                self._access_account[access_token] = self._refresh_account[refresh_token]
+        return {"accessToken": access_token, "tokenType": "Bearer",
                 "expiresIn": self.access_token_ttl, "refreshToken": refresh_token}
+
+    def usage_limits(self, query: dict, account: FakeAccount | None) -> tuple[int, dict]:
+        """GetUsageLimits (docs/amazon-q-api.md, "Usage limits"), strict about its query."""
+        if set(query) - USAGE_LIMITS_QUERY or query.get("origin") != ["AI_EDITOR"] \
+                or query.get("resourceType") != ["AGENTIC_REQUEST"]:
+            return 400, {"__type": "com.amazon.aws.codewhisperer#ValidationException", "message": IMPROPER,
+                         "reason": None}
+        account = account or FakeAccount("default")
+        return 200, {"daysUntilReset": account.days_until_reset,
+                     "nextDateReset": time.time() + account.days_until_reset * 86400,
+                     "subscriptionInfo": {"subscriptionTitle": "Q Developer Pro"},
+                     "usageBreakdownList": [{"resourceType": "CREDIT",
+                                             "usageLimitWithPrecision": account.credits_limit,
+                                             "currentUsageWithPrecision": account.credits_used}]}
 
     def new_login(self) -> str:
         """A refresh token for the pre-registered client, as a fresh login would yield."""
@@ -798,9 +894,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         self._read_body()
+        path, _, query = self.path.partition("?")
+        if path == "/getUsageLimits":
+            return self._usage_limits(parse_qs(query, keep_blank_values=True))
         self._unknown_operation()
 
-    do_PUT = do_DELETE = do_PATCH = do_GET
+    def do_PUT(self):
+        self._read_body()
+        self._unknown_operation()
+
+    do_DELETE = do_PATCH = do_PUT
 
     def do_POST(self):
         raw = self._read_body()
@@ -854,11 +957,37 @@ class _Handler(BaseHTTPRequestHandler):
         status, payload = self.fake.list_models(body)
         self._send_json(status, payload)
 
+    def _usage_limits(self, query: dict):
+        if not self._authorized():
+            return
+        with self.fake._lock:
+            self.fake.usage_requests.append({"query": query, "headers": self._header_dict()})
+        status, payload = self.fake.usage_limits(query, self._account())
+        self._send_json(status, payload, content_type="application/json")
+
+    def _account(self) -> FakeAccount | None:
+        auth = self.headers.get("Authorization") or ""
+        return self.fake.account_of(auth[7:]) if auth.startswith("Bearer ") else None
+
     def _generate(self, raw: bytes, target: str | None, content_type: str):
         if not self._authorized():
             return
+        account = self._account()
+        if account is not None:
+            with self.fake._lock:
+                account.calls += 1
+                refusal = account.answer()
+            if account.delay:
+                self._wait(account.delay)
+            if refusal is not None:
+                with self.fake._lock:
+                    self.fake.requests.append({"path": self.path, "headers": self._header_dict(),
+                                               "body": _parse_json(raw), "target": target, "error": None,
+                                               "account": account.name, "refused": refusal.status})
+                return self._send_scripted_error(refusal, content_type)
         body = _parse_json(raw)
-        record = {"path": self.path, "headers": self._header_dict(), "body": body, "target": target, "error": None}
+        record = {"path": self.path, "headers": self._header_dict(), "body": body, "target": target, "error": None,
+                  "account": account.name if account else None, "refused": None}
         sent_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         if sent_type != content_type:
             error = Rejection(f"content type {sent_type!r} does not match the binding ({content_type})")
@@ -877,6 +1006,9 @@ class _Handler(BaseHTTPRequestHandler):
                        "INVALID_MODEL_ID": INVALID_MODEL}.get(error.reason, IMPROPER)
             return self._send_error_json(400, "ValidationException", message, error.reason, content_type)
         reply = self.fake.next_reply()
+        if account is not None and reply.status == 200:
+            with self.fake._lock:
+                account.served += 1
         try:
             if reply.status != 200:
                 self._send_scripted_error(reply, content_type)

@@ -144,7 +144,7 @@ def test_finish_request_counts_request_tokens_and_credits():
 
 def test_access_line_fields_and_no_key(caplog):
     rec = record(key_fingerprint=key_fingerprint("sk-very-secret-key"), status=529,
-                 outcome="upstream_overloaded_error", model="claude-sonnet-4.5", first_byte=0.1234,
+                 outcome="upstream_overloaded_error", model="claude-sonnet-4.5", account="default", first_byte=0.1234,
                  duration=2.5, usage=metrics.Usage(10, 20, None))
     with caplog.at_level(logging.INFO, logger="amq.access"):
         log_access(rec)

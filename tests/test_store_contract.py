@@ -140,3 +140,14 @@ def test_a_killed_holder_does_not_block_the_lock(store, tmp_path):
                 break
         except LockTimeout:
             assert time.monotonic() < deadline, "the dead holder's lock was never freed"
+
+
+def test_remove_deletes_one_account_and_leaves_the_others(store):
+    store.replace_login(LOGIN)
+    store.replace_login(dict(LOGIN, refreshToken="rt-b"), "b")
+    assert sorted(store.accounts()) == ["b", DEFAULT_ACCOUNT]
+    store.remove("b")
+    assert store.accounts() == [DEFAULT_ACCOUNT] and store.load("b") == {} and store.version("b") == 0
+    store.remove("b")  # gone already: nothing happens
+    store.replace_login(dict(LOGIN, refreshToken="rt-b2"), "b")  # a new login under the name works
+    assert store.load("b")["refreshToken"] == "rt-b2"

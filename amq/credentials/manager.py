@@ -50,6 +50,14 @@ class NoCredentials(AuthenticationFailed):
                          "store holds none). Run `flask --app app login`.")
 
 
+def _has_other_accounts(store: CredentialStore) -> bool:
+    """Whether the pool has logins besides `default` (then `default` need not exist)."""
+    try:
+        return any(name != DEFAULT_ACCOUNT for name in store.accounts())
+    except (StoreUnavailable, OSError):
+        return False
+
+
 def _version(record: LoginRecord) -> int:
     try:
         return int(record.get("version") or 0)
@@ -135,7 +143,7 @@ class TokenManager:
                                                  ("AMAZONQ_CLIENT_ID", client_id),
                                                  ("AMAZONQ_CLIENT_SECRET", client_secret))
                         if not value), "")
-        if missing and required:
+        if missing and required and not (account == DEFAULT_ACCOUNT and _has_other_accounts(store)):
             raise ConfigError(f"{missing} is not set. Run `flask --app app login`, or set it in the "
                               "environment or in a .env file (see .env.example and the README).")
         endpoint = settings.token_endpoint or (same_login and stored.get("tokenEndpoint")) or (

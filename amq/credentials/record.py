@@ -33,6 +33,7 @@ class LoginRecord(TypedDict, total=False):
     obtainedAt: float  # when the refresh that minted the access token started
     refreshStartedAt: float  # write-ahead marker: a refresh is (or was) in flight
     loggedInAt: float
+    profileArn: str  # this account's Q Developer profile (IAM Identity Center); "" for Builder ID
     version: int  # bumped by every write; the fence against stale writers
 
 

@@ -172,6 +172,15 @@ class RedisStore:
     def lock(self, account: str = DEFAULT_ACCOUNT) -> RedisLock:
         return RedisLock(self, account)
 
+    def remove(self, account: str) -> None:
+        try:
+            pipe = self.client.pipeline(transaction=True)
+            pipe.delete(self.key("login", account))
+            pipe.srem(self.key("accounts"), account)
+            pipe.execute()
+        except redis.RedisError as exc:
+            raise _unavailable(exc, self.location) from None
+
     def accounts(self) -> list[str]:
         try:
             names = self.client.smembers(self.key("accounts"))

@@ -97,6 +97,9 @@ class CredentialStore(Protocol):
     def accounts(self) -> list[str]:
         """Names of the accounts that hold a record."""
 
+    def remove(self, account: str) -> None:
+        """Delete the account's login (and its lock); nothing happens if there is none."""
+
     def describe(self) -> dict:
         """Facts for `status` and the start-up log: no secret."""
 
@@ -235,6 +238,12 @@ class FileStore:
     def replace_login(self, record: LoginRecord, account: str = DEFAULT_ACCOUNT) -> int:
         with self.lock(account):
             return self.save(record, account)
+
+    def remove(self, account: str) -> None:
+        with self.lock(account), contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path_of(account))
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.path_of(account) + ".lock")
 
     def accounts(self) -> list[str]:
         names = [DEFAULT_ACCOUNT] if self.load() else []
