@@ -79,6 +79,10 @@ DEFAULTS: dict[str, str] = {
     "REDIS_TLS_VERIFY": "required",
     # Put before every key amq writes, so several deployments can share one Redis.
     "REDIS_KEY_PREFIX": "amq:",
+    # Empty: no admin page (/admin answers 404). Set: the key that opens /admin in a browser.
+    "ADMIN_KEY": "",
+    # Signs the admin page's session cookie; required when ADMIN_KEY is set (a long random string).
+    "ADMIN_SECRET": "",
 }
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
@@ -115,6 +119,8 @@ class Settings:
     redis_url: str = field(default="", repr=False)  # may hold a password
     redis_tls_verify: str = "required"
     redis_key_prefix: str = "amq:"
+    admin_key: str = field(default="", repr=False)
+    admin_secret: str = field(default="", repr=False)
 
 
 @dataclass(frozen=True)
@@ -195,6 +201,9 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
+    if values["ADMIN_KEY"] and not values["ADMIN_SECRET"]:
+        raise ConfigError("ADMIN_SECRET must be set when ADMIN_KEY is set (it signs the admin page's "
+                          "session cookie; use a long random string)")
     return Settings(
         refresh_token=values["AMAZONQ_REFRESH_TOKEN"],
         client_id=values["AMAZONQ_CLIENT_ID"],
@@ -222,4 +231,6 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         redis_url=values["REDIS_URL"],
         redis_tls_verify=values["REDIS_TLS_VERIFY"],
         redis_key_prefix=values["REDIS_KEY_PREFIX"],
+        admin_key=values["ADMIN_KEY"],
+        admin_secret=values["ADMIN_SECRET"],
     )
