@@ -107,6 +107,10 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
                             fetch=lambda: client.list_models(settings.origin, settings.profile_arn))
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models)
     app.register_blueprint(bp)
+    if settings.admin_key:  # closed (404) without it
+        from amq.admin.views import register_admin
+
+        register_admin(app, settings, tokens.store)
     register_commands(app)
 
     @app.before_request
