@@ -119,8 +119,9 @@ def screenshot(driver, name: str) -> None:
     for width in WIDTHS:
         driver.set_window_size(width, 900)
         time.sleep(0.2)
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, max(600, min(height + 20, 4000)))
+        height = driver.execute_script("return document.documentElement.scrollHeight"
+                                       " + window.outerHeight - window.innerHeight")
+        driver.set_window_size(width, max(600, min(height, 4000)))
         time.sleep(0.2)
         driver.save_screenshot(str(SCREENSHOTS / f"{name}-{width}.png"))
     driver.set_window_size(1280, 900)

@@ -65,7 +65,10 @@
   }
 
   function drawChart(chart, activity) {
-    var width = 600, height = 140, left = 30, bottom = 20, top = 8;
+    // Narrow screens get a narrower drawing, so its labels stay readable when scaled down.
+    var width = chart.clientWidth && chart.clientWidth < 500 ? 340 : 600;
+    var height = 140, left = 30, bottom = 20, top = 8;
+    chart.setAttribute("viewBox", "0 0 " + width + " " + height);
     var most = 1;
     activity.forEach(function (m) { most = Math.max(most, m[1], m[2]); });
     var step = (width - left - 4) / Math.max(1, activity.length - 1);
@@ -96,6 +99,8 @@
     var chart = document.getElementById("chart");
     var updated = document.getElementById("updated");
     var total = document.getElementById("activity-total");
+    var last = null;
+    window.addEventListener("resize", function () { if (last) { drawChart(chart, last); } });
     function refresh() {
       fetch(page.dataset.api, {credentials: "same-origin", headers: {Accept: "application/json"}})
         .then(function (response) {
@@ -109,7 +114,8 @@
           if (!data.accounts.length) {
             rows.appendChild(el("tr", {"class": "empty"}, [el("td", {colspan: "8"}, ["No account yet: add one below."])]));
           }
-          drawChart(chart, data.activity);
+          last = data.activity;
+          drawChart(chart, last);
           var sums = data.activity.reduce(function (s, m) { return [s[0] + m[1], s[1] + m[2]]; }, [0, 0]);
           total.textContent = "(" + sums[0] + " requests, " + sums[1] + " errors)";
           updated.textContent = "Updated " + new Date().toLocaleTimeString() + "; every " + page.dataset.refresh + " s.";
