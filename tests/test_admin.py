@@ -185,3 +185,43 @@ def test_store_adapter_answers_the_pool_interface(fake_q, store):
     assert store.accounts() == ["default"]
     minutes = accounts.activity(60)
     assert len(minutes) == 60 and minutes[-1][0] == 6000 and minutes[0][0] == 6000 - 59 * 60
+
+
+def test_with_redis_every_instance_shows_the_same_accounts_and_counts_the_same_wrong_keys(fake_q, tmp_path):
+    from amq.config import load_settings
+    from amq.credentials.redis_store import RedisStore
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        settings = app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", REDIS_URL=server.url, **admin_settings())
+        store = RedisStore.from_settings(load_settings(overrides=settings))
+        store_login(fake_q, store, "default")
+        store_login(fake_q, store, "beta")
+        first, second = (create_app(settings, require_credentials=True).test_client() for _ in range(2))
+        assert log_in(first, "wrong").status_code == 401
+        assert log_in(second).status_code == 429  # the other instance knows of the wrong key
+        time.sleep(1.05)
+        assert log_in(second).status_code == 302 and log_in(first).status_code == 302
+        store_login(fake_q, store, "gamma")  # as the device flow on one instance would
+        lists = [[row["name"] for row in client.get("/admin/api/accounts").json["accounts"]]
+                 for client in (first, second)]
+        assert lists[0] == lists[1] and set(lists[0]) == {"default", "beta", "gamma"}
+
+
+def test_shared_slowdown_falls_back_to_the_process_when_redis_is_down():
+    import redis
+
+    from amq.admin.auth import RedisLoginThrottle
+
+    class Down:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise redis.ConnectionError("Connection refused")
+            return fail
+
+    throttle = RedisLoginThrottle(Down(), "amq:admin:")
+    assert throttle.wait("a") == 0
+    assert throttle.failed("a") == 1.0 and throttle.failed("a") == 2.0
+    assert throttle.wait("a") > 1.0
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0

@@ -8,13 +8,17 @@ plain http).
 """
 from __future__ import annotations
 
+import contextlib
 import hmac
+import logging
 import secrets
 import time
 from collections.abc import Callable
 
 from flask import Request, request, session
 from flask.sessions import SecureCookieSessionInterface
+
+logger = logging.getLogger(__name__)
 
 CSRF_FIELD = "csrf_token"
 CSRF_HEADER = "X-CSRF-Token"
@@ -81,3 +85,45 @@ class LoginThrottle:
 
     def succeeded(self, client: str) -> None:
         self._failures.pop(client, None)
+
+
+class RedisLoginThrottle:
+    """LoginThrottle's rule kept in the Redis store, so every worker and instance counts the
+    same failures (a hash per address, expiring after `forget` quiet seconds). When Redis does
+    not answer, the process's own LoginThrottle takes over: logins stay possible, still slowed."""
+
+    def __init__(self, client, prefix: str, clock: Callable[[], float] = time.time, first: float = 1.0,
+                 most: float = 30.0, forget: float = 900.0):
+        self.client, self.prefix, self.clock = client, prefix, clock
+        self.first, self.most, self.forget = first, most, forget
+        self.local = LoginThrottle(first=first, most=most, forget=forget)
+
+    def _key(self, client: str) -> str:
+        return f"{self.prefix}login-failures:{client}"
+
+    def wait(self, client: str) -> float:
+        try:
+            allowed = float(self.client.hget(self._key(client), "allowed") or 0)
+        except Exception as exc:  # noqa: BLE001 - redis-py raises many kinds; fall back, say so
+            logger.warning("admin page: login slowdown without Redis (%s)", type(exc).__name__)
+            return self.local.wait(client)
+        return max(0.0, allowed - self.clock(), self.local.wait(client))
+
+    def failed(self, client: str) -> float:
+        key = self._key(client)
+        try:
+            count = int(self.client.hincrby(key, "count", 1))
+            delay = min(self.most, self.first * 2 ** (count - 1))
+            pipe = self.client.pipeline()
+            pipe.hset(key, "allowed", self.clock() + delay)
+            pipe.expire(key, int(self.forget))
+            pipe.execute()
+        except Exception as exc:  # noqa: BLE001
+            logger.warning("admin page: login slowdown without Redis (%s)", type(exc).__name__)
+            return self.local.failed(client)
+        return delay
+
+    def succeeded(self, client: str) -> None:
+        self.local.succeeded(client)
+        with contextlib.suppress(Exception):  # it expires by itself
+            self.client.delete(self._key(client))

@@ -17,7 +17,7 @@ from flask import Blueprint, Flask, current_app, flash, jsonify, redirect, rende
 from ..config import DEFAULT_REGION, Settings, oidc_url
 from ..credentials.login import BUILDER_ID_START_URL, LoginError, OidcClient
 from .accounts import AccountSummary, PoolUnavailable, StoreAccounts
-from .auth import AdminSessionInterface, LoginThrottle, csrf_ok, csrf_token, key_matches
+from .auth import AdminSessionInterface, LoginThrottle, RedisLoginThrottle, csrf_ok, csrf_token, key_matches
 from .logins import PendingLogins
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
@@ -36,7 +36,7 @@ class Admin:
     settings: Settings
     accounts: StoreAccounts  # the stand-in used while the app has no account pool
     logins: PendingLogins
-    throttle: LoginThrottle
+    throttle: LoginThrottle | RedisLoginThrottle
 
 
 def register_admin(app: Flask, settings: Settings, store) -> None:
@@ -53,8 +53,11 @@ def register_admin(app: Flask, settings: Settings, store) -> None:
         base = endpoint.removesuffix("/token") if endpoint and region == DEFAULT_REGION else oidc_url(region)
         return OidcClient(base, requests.Session(), timeout=(settings.connect_timeout, 30.0))
 
+    # With Redis, wrong keys count on every instance alike; the file store has no shared counter.
+    throttle = (RedisLoginThrottle(store.client, store.prefix + "admin:") if store.kind == "redis"
+                else LoginThrottle())
     app.extensions["amq_admin"] = Admin(settings=settings, accounts=StoreAccounts(store),
-                                        logins=PendingLogins(store, make_oidc), throttle=LoginThrottle())
+                                        logins=PendingLogins(store, make_oidc), throttle=throttle)
     app.jinja_env.filters["when"] = _when
     app.register_blueprint(bp)
 
