@@ -116,6 +116,10 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     models = ModelCatalogue(settings.default_model, settings.model_map, fetch=partial(_list_models, client, pool))
     app.extensions["amq"] = Proxy(settings=settings, tokens=tokens, client=client, models=models, pool=pool)
     app.register_blueprint(bp)
+    if settings.admin_key:  # closed (404) without it
+        from amq.admin.views import register_admin
+
+        register_admin(app, settings, tokens.store)
     register_commands(app)
 
     @app.before_request

@@ -98,6 +98,10 @@ DEFAULTS: dict[str, str] = {
     "AMAZONQ_USAGE_POLL_INTERVAL": "300",
     # Seconds between a worker's reads of the shared account health (one store round trip).
     "AMAZONQ_POOL_SYNC_INTERVAL": "1",
+    # Empty: no admin page (/admin answers 404). Set: the key that opens /admin in a browser.
+    "ADMIN_KEY": "",
+    # Signs the admin page's session cookie; required when ADMIN_KEY is set (a long random string).
+    "ADMIN_SECRET": "",
 }
 STRATEGIES = ("round-robin", "least-busy", "priority", "quota")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -150,6 +154,8 @@ class Settings:
     reset_margin: float
     usage_poll_interval: float
     pool_sync_interval: float
+    admin_key: str = field(repr=False)
+    admin_secret: str = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,9 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
+    if values["ADMIN_KEY"] and not values["ADMIN_SECRET"]:
+        raise ConfigError("ADMIN_SECRET must be set when ADMIN_KEY is set (it signs the admin page's "
+                          "session cookie; use a long random string)")
     return Settings(
         refresh_token=values["AMAZONQ_REFRESH_TOKEN"],
         client_id=values["AMAZONQ_CLIENT_ID"],
@@ -272,4 +281,6 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         reset_margin=_number(values, "AMAZONQ_RESET_MARGIN"),
         usage_poll_interval=_number(values, "AMAZONQ_USAGE_POLL_INTERVAL"),
         pool_sync_interval=_number(values, "AMAZONQ_POOL_SYNC_INTERVAL"),
+        admin_key=values["ADMIN_KEY"],
+        admin_secret=values["ADMIN_SECRET"],
     )

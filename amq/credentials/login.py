@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from ..config import DEFAULT_REGION
 from .oidc import SCOPES, LoginError, OidcClient, OidcError
 from .record import LoginRecord
 
-__all__ = ["BUILDER_ID_START_URL", "SCOPES", "LoginError", "OidcClient", "device_login"]
+__all__ = ["BUILDER_ID_START_URL", "SCOPES", "DeviceAuthorization", "LoginError", "OidcClient", "device_login",
+           "finish_device_login", "start_device_login"]
 
 BUILDER_ID_START_URL = "https://view.awsapps.com/start"
 REGISTRATION_MARGIN = 60.0  # re-register this long before the registration expires (as the Q CLI)
@@ -32,14 +34,26 @@ def _reusable(previous: dict, token_endpoint: str, now: float) -> bool:
                 and expires > now + REGISTRATION_MARGIN)
 
 
-def device_login(oidc: OidcClient, *, start_url: str = BUILDER_ID_START_URL,
-                 region: str = DEFAULT_REGION, previous: LoginRecord | None = None,
-                 echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> LoginRecord:
-    """Run the device flow; return the record to put into the credential store.
+@dataclass(frozen=True)
+class DeviceAuthorization:
+    """A started device login: what the user must open and type, and what polling needs."""
 
-    `previous` is the store's current contents (its registration is reused when it fits).
+    registration: dict = field(repr=False)  # clientId, clientSecret, clientSecretExpiresAt
+    device_code: str = field(repr=False)
+    user_code: str
+    url: str  # the complete verification URL (with the code) when the service gives one
+    verification_uri: str  # the page where the code is typed ("" if only the complete URL came)
+    expires_in: float
+    interval: float
+    start_url: str
+    region: str
+
+
+def start_device_login(oidc: OidcClient, *, start_url: str = BUILDER_ID_START_URL,
+                       region: str = DEFAULT_REGION, previous: LoginRecord | None = None,
+                       wall: Callable[[], float] = time.time) -> DeviceAuthorization:
+    """Register (or reuse `previous`'s registration) and start the device authorization.
+
     :raises LoginError: with a message for the user.
     """
     previous = previous or {}
@@ -65,31 +79,57 @@ def device_login(oidc: OidcClient, *, start_url: str = BUILDER_ID_START_URL,
         auth = oidc.start_device_authorization(registration["clientId"], registration["clientSecret"],
                                                start_url)
     try:
-        device_code = str(auth["deviceCode"])
-        user_code = str(auth.get("userCode") or "")
-        url = str(auth.get("verificationUriComplete") or auth["verificationUri"])
-        expires_in = float(auth.get("expiresIn") or 600)
-        interval = max(1.0, float(auth.get("interval") or 5))
+        return DeviceAuthorization(
+            registration=registration, device_code=str(auth["deviceCode"]),
+            user_code=str(auth.get("userCode") or ""),
+            url=str(auth.get("verificationUriComplete") or auth["verificationUri"]),
+            verification_uri=str(auth.get("verificationUri") or ""),
+            expires_in=float(auth.get("expiresIn") or 600),
+            interval=max(1.0, float(auth.get("interval") or 5)), start_url=start_url, region=region)
     except (KeyError, TypeError, ValueError):
         raise LoginError("StartDeviceAuthorization answered without a device code") from None
 
-    echo(f"Open this URL in a browser, sign in and confirm the code {user_code}:\n\n    {url}\n")
-    if auth.get("verificationUriComplete") and auth.get("verificationUri"):
-        echo(f"(or open {auth['verificationUri']} and type the code)")
-    echo(f"Waiting for approval (the code expires in {int(expires_in // 60)} min {int(expires_in % 60)} s)...")
-    obtained_at, answer = poll_for_token(oidc, registration, device_code, interval=interval,
-                                         expires_in=expires_in, echo=echo, sleep=sleep, clock=clock,
-                                         wall=wall)
+
+def finish_device_login(oidc: OidcClient, auth: DeviceAuthorization, *,
+                        echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+                        clock: Callable[[], float] = time.monotonic,
+                        wall: Callable[[], float] = time.time) -> LoginRecord:
+    """Poll until the user approves `auth`; return the record to put into the credential store.
+
+    :raises LoginError: with a message for the user.
+    """
+    obtained_at, answer = poll_for_token(oidc, auth.registration, auth.device_code,
+                                         interval=auth.interval, expires_in=auth.expires_in,
+                                         echo=echo, sleep=sleep, clock=clock, wall=wall)
     try:
         access_token, expires_at = str(answer["accessToken"]), obtained_at + float(answer["expiresIn"])
         refresh_token = str(answer["refreshToken"])
     except (KeyError, TypeError, ValueError):
         raise LoginError("CreateToken answered without an access and a refresh token") from None
-    record = {**registration, "region": region, "startUrl": start_url,
+    record = {**auth.registration, "region": auth.region, "startUrl": auth.start_url,
               "tokenEndpoint": oidc.token_endpoint, "source": "login", "seed": "",
               "refreshToken": refresh_token, "accessToken": access_token,
               "expiresAt": expires_at, "obtainedAt": obtained_at, "loggedInAt": wall()}
     return {key: value for key, value in record.items() if value is not None}
+
+
+def device_login(oidc: OidcClient, *, start_url: str = BUILDER_ID_START_URL,
+                 region: str = DEFAULT_REGION, previous: LoginRecord | None = None,
+                 echo: Callable[[str], None] = print, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> LoginRecord:
+    """Run the device flow on a terminal; return the record to put into the credential store.
+
+    `previous` is the store's current contents (its registration is reused when it fits).
+    :raises LoginError: with a message for the user.
+    """
+    auth = start_device_login(oidc, start_url=start_url, region=region, previous=previous, wall=wall)
+    echo(f"Open this URL in a browser, sign in and confirm the code {auth.user_code}:\n\n    {auth.url}\n")
+    if auth.url != auth.verification_uri and auth.verification_uri:
+        echo(f"(or open {auth.verification_uri} and type the code)")
+    echo(f"Waiting for approval (the code expires in {int(auth.expires_in // 60)} min "
+         f"{int(auth.expires_in % 60)} s)...")
+    return finish_device_login(oidc, auth, echo=echo, sleep=sleep, clock=clock, wall=wall)
 
 
 def poll_for_token(oidc: OidcClient, registration: dict, device_code: str, *, interval: float,

@@ -1,0 +1,209 @@
+"""The admin page in process: closed without ADMIN_KEY, start-up needs ADMIN_SECRET, the session
+cookie's flags, CSRF, the slowdown after wrong keys, the JSON, the device login, the adapter.
+
+The browser tests (tests/test_admin_browser.py) drive the same page in Chromium under gunicorn.
+"""
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+import requests
+
+from amq.admin.auth import LoginThrottle, key_matches
+from amq.admin.logins import PendingLogins
+from amq.credentials.login import OidcClient
+from amq.credentials.store import FileStore
+from app import create_app
+from tests.admin_support import ADMIN_KEY, admin_settings, secrets_of, store_login
+from tests.support import app_config
+
+
+@pytest.fixture
+def store(tmp_path):
+    return FileStore(str(tmp_path / "token.json"))
+
+
+@pytest.fixture
+def admin_app(fake_q, tmp_path, store):
+    store_login(fake_q, store, "default")
+    store_login(fake_q, store, "beta")
+    return create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", **admin_settings()),
+                      require_credentials=True)
+
+
+def csrf_of(page: str) -> str:
+    return re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+
+
+def log_in(client, key: str = ADMIN_KEY, **headers):
+    token = csrf_of(client.get("/admin/login").text)
+    return client.post("/admin/login", data={"key": key, "csrf_token": token}, headers=headers)
+
+
+def test_closed_without_admin_key(fake_q, tmp_path):
+    client = create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING")).test_client()
+    for path in ("/admin/", "/admin/login", "/admin/api/accounts", "/admin/static/admin.js"):
+        response = client.get(path)
+        assert response.status_code == 404
+        assert response.json["error"]["type"] == "not_found_error"
+    assert client.post("/admin/login", data={"key": ""}).status_code == 404
+
+
+def test_admin_key_without_secret_stops_start_up(fake_q, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="ADMIN_SECRET must be set when ADMIN_KEY is set"):
+        create_app(app_config(fake_q, tmp_path, ADMIN_KEY="k"))
+    import app as app_module
+
+    for key, value in app_config(fake_q, tmp_path, ADMIN_KEY="k").items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stopped:
+        app_module.check_settings()
+    assert "\n" not in str(stopped.value.code) and "ADMIN_SECRET" in str(stopped.value.code)
+
+
+def test_pages_need_the_session(admin_app):
+    client = admin_app.test_client()
+    response = client.get("/admin/")
+    assert response.status_code == 302 and response.headers["Location"].endswith("/admin/login")
+    assert client.get("/admin/api/accounts").status_code == 401
+
+
+def test_login_sets_a_strict_httponly_cookie_secure_behind_https(admin_app):
+    response = log_in(admin_app.test_client())
+    assert response.status_code == 302
+    cookie = response.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/admin" in cookie
+    assert "Secure" not in cookie  # plain http: a Secure cookie would never come back
+    behind_router = log_in(admin_app.test_client(), **{"X-Forwarded-Proto": "https"})
+    assert "; Secure" in behind_router.headers["Set-Cookie"]
+    assert ADMIN_KEY not in cookie
+
+
+def test_wrong_key_is_refused_then_slowed_down(admin_app):
+    client = admin_app.test_client()
+    wrong = log_in(client, "not-the-key")
+    assert wrong.status_code == 401 and "Wrong key" in wrong.text
+    too_soon = log_in(client)  # the right key, but within the wait: not even checked
+    assert too_soon.status_code == 429 and "try again in" in too_soon.text
+    assert client.get("/admin/api/accounts").status_code == 401
+    time.sleep(1.05)
+    assert log_in(client).status_code == 302
+    assert client.get("/admin/api/accounts").status_code == 200
+
+
+def test_throttle_doubles_the_wait_and_forgets_after_success():
+    now = [100.0]
+    throttle = LoginThrottle(clock=lambda: now[0], first=1.0, most=8.0)
+    assert throttle.wait("a") == 0
+    assert [throttle.failed("a") for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert throttle.wait("a") == 8.0 and throttle.wait("b") == 0
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0 and throttle.failed("a") == 1.0
+
+
+def test_key_compare():
+    assert key_matches(ADMIN_KEY, ADMIN_KEY)
+    assert not key_matches(ADMIN_KEY[:-1], ADMIN_KEY) and not key_matches("", ADMIN_KEY)
+
+
+def test_post_without_csrf_token_is_refused(admin_app):
+    client = admin_app.test_client()
+    log_in(client)
+    for path in ("/admin/accounts/beta/disable", "/admin/logout", "/admin/logins"):
+        response = client.post(path, data={"account": "beta"})
+        assert response.status_code == 403 and "CSRF token" in response.text
+        wrong = client.post(path, data={"account": "beta", "csrf_token": "forged"})
+        assert wrong.status_code == 403
+    states = {row["name"]: row["state"] for row in client.get("/admin/api/accounts").json["accounts"]}
+    assert states == {"default": "active", "beta": "active"}
+    token = csrf_of(client.get("/admin/").text)
+    assert client.post("/admin/accounts/beta/disable", data={"csrf_token": token}).status_code == 302
+    assert client.post("/admin/accounts/beta/enable",
+                       headers={"X-CSRF-Token": token}).status_code == 302  # the header works too
+
+
+def test_accounts_json_lists_the_store_and_holds_no_secret(admin_app, fake_q, store):
+    client = admin_app.test_client()
+    log_in(client)
+    answer = client.get("/admin/api/accounts")
+    data = answer.json
+    assert [row["name"] for row in data["accounts"]] == ["beta", "default"]  # the pool's order: alphabetical by default
+    row = data["accounts"][1]
+    assert row["source"] == "login" and row["token_expires_at"] == pytest.approx(store.load("beta")["expiresAt"])
+    assert len(data["activity"]) == 60 and all(len(minute) == 3 for minute in data["activity"])
+    assert answer.headers["Cache-Control"] == "no-store"
+    page = client.get("/admin/").text
+    for secret in secrets_of(fake_q, store):
+        assert secret not in answer.text and secret not in page
+
+
+def test_logout_ends_the_session(admin_app):
+    client = admin_app.test_client()
+    log_in(client)
+    token = csrf_of(client.get("/admin/").text)
+    assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
+    assert client.get("/admin/api/accounts").status_code == 401
+
+
+def test_device_login_from_the_page_stores_the_account(fake_q, store):
+    fake_q.device_interval = 1
+    logins = PendingLogins(store, lambda region: OidcClient(fake_q.url, requests.Session()))
+    pending = logins.start("gamma", start_url="https://view.awsapps.com/start", region="us-east-1")
+    assert pending.user_code and pending.url.startswith(fake_q.url)
+    assert logins.status(pending.id, "gamma", pending.started)["state"] == "waiting"
+    fake_q.approve(pending.user_code)
+    deadline = time.monotonic() + 10
+    while logins.status(pending.id, "gamma", pending.started)["state"] == "waiting":
+        assert time.monotonic() < deadline, "the login did not finish"
+        time.sleep(0.1)
+    assert logins.status(pending.id, "gamma", pending.started)["state"] == "done"
+    assert "gamma" in store.accounts() and store.load("gamma")["source"] == "login"
+    assert fake_q.refresh_token_valid(store.load("gamma")["refreshToken"])
+    # Another worker knows nothing of the login: it answers from the store.
+    other = PendingLogins(store, lambda region: None)
+    assert other.status("unknown-id", "gamma", pending.started)["state"] == "done"
+    assert other.status("unknown-id", "gamma", time.time() + 60)["state"] == "waiting"
+    with pytest.raises(ValueError):
+        logins.start("../etc", start_url="x", region="us-east-1")
+
+
+def test_with_redis_every_instance_shows_the_same_accounts_and_counts_the_same_wrong_keys(fake_q, tmp_path):
+    from amq.config import load_settings
+    from amq.credentials.redis_store import RedisStore
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        settings = app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", REDIS_URL=server.url, **admin_settings())
+        store = RedisStore.from_settings(load_settings(overrides=settings))
+        store_login(fake_q, store, "default")
+        store_login(fake_q, store, "beta")
+        first, second = (create_app(settings, require_credentials=True).test_client() for _ in range(2))
+        assert log_in(first, "wrong").status_code == 401
+        assert log_in(second).status_code == 429  # the other instance knows of the wrong key
+        time.sleep(1.05)
+        assert log_in(second).status_code == 302 and log_in(first).status_code == 302
+        store_login(fake_q, store, "gamma")  # as the device flow on one instance would
+        lists = [[row["name"] for row in client.get("/admin/api/accounts").json["accounts"]]
+                 for client in (first, second)]
+        assert lists[0] == lists[1] and set(lists[0]) == {"default", "beta", "gamma"}
+
+
+def test_shared_slowdown_falls_back_to_the_process_when_redis_is_down():
+    import redis
+
+    from amq.admin.auth import RedisLoginThrottle
+
+    class Down:
+        def __getattr__(self, name):
+            def fail(*args, **kwargs):
+                raise redis.ConnectionError("Connection refused")
+            return fail
+
+    throttle = RedisLoginThrottle(Down(), "amq:admin:")
+    assert throttle.wait("a") == 0
+    assert throttle.failed("a") == 1.0 and throttle.failed("a") == 2.0
+    assert throttle.wait("a") > 1.0
+    throttle.succeeded("a")
+    assert throttle.wait("a") == 0
