@@ -130,8 +130,16 @@ def click(driver, selector: str) -> None:
 
 
 def row_states(driver) -> dict[str, str]:
-    return {row.get_attribute("data-account"): css(row, ".state").text
-            for row in css_all(driver, "#account-rows tr[data-account]")}
+    """Account name -> state as the table shows it (read again if the refresh redrew it)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return {row.get_attribute("data-account"): css(row, ".state").text
+                    for row in css_all(driver, "#account-rows tr[data-account]")}
+        except StaleElementReferenceException:
+            time.sleep(0.05)
+    raise AssertionError("the accounts table kept being redrawn")
 
 
 def session_cookies(driver) -> dict:
@@ -255,9 +263,9 @@ def test_disabled_account_is_skipped_by_requests(browser, site, fake):
     finally:
         browser.get(server.url + "/admin/")
         for name in ("default", "gamma"):
-            buttons = css_all(browser, f'tr[data-account="{name}"] form[action$="/enable"] button')
-            if buttons:
-                buttons[0].click()
+            enable = f'tr[data-account="{name}"] form[action$="/enable"] button'
+            if css_all(browser, enable):
+                click(browser, enable)
                 wait_for(lambda name=name: row_states(browser).get(name) == "active", what=f"{name} enabled")
 
 
