@@ -94,6 +94,8 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         settings = load_settings(overrides=test_config)
         session = new_session(settings.worker_connections)
         required = _serving() if require_credentials is None else require_credentials
+        # With the admin page, an operator with no terminal (a PaaS) adds the first account there.
+        required = required and not settings.admin_key
         tokens = TokenManager.from_settings(settings, session, required=required,
                                             store_outage_ok=_store_checked and required,
                                             on_refresh=metrics.record_refresh)
@@ -182,9 +184,11 @@ def check_settings() -> None:
     global _store_checked
     try:
         settings = load_settings()
-        tokens = TokenManager.from_settings(settings, new_session(1))
+        tokens = TokenManager.from_settings(settings, new_session(1), required=not settings.admin_key)
     except ConfigError as exc:
         sys.exit(f"amq: configuration error: {exc}")
     configure_logging(settings.log_level, settings.log_format)
+    if tokens.missing and not tokens.store.accounts():
+        logger.warning("amq has no Amazon Q login yet: add an account on the admin page (/admin)")
     _store_checked = True
     report_store(tokens.store)  # once, in the master: whether the logins survive a Redis restart

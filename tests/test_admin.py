@@ -63,6 +63,26 @@ def test_admin_key_without_secret_stops_start_up(fake_q, tmp_path, monkeypatch):
     assert "\n" not in str(stopped.value.code) and "ADMIN_SECRET" in str(stopped.value.code)
 
 
+def test_with_the_admin_page_amq_starts_without_any_login(fake_q, tmp_path, monkeypatch, caplog):
+    """On a PaaS with no terminal the first account is added at /admin, so no login is needed
+    to start; until one exists, API requests get a 401 that says so."""
+    settings = app_config(fake_q, tmp_path, **admin_settings())
+    import app as app_module
+
+    for key, value in settings.items():
+        monkeypatch.setenv(key, value)
+    app_module.check_settings()  # no SystemExit
+    assert "no Amazon Q login yet: add an account on the admin page" in caplog.text
+    client = create_app(settings, require_credentials=True).test_client()
+    answer = client.post("/v1/messages", json={"model": "claude-sonnet-4-5", "max_tokens": 10,
+                                               "messages": [{"role": "user", "content": "hi"}]})
+    assert answer.status_code == 401 and "no Amazon Q login" in answer.json["error"]["message"]
+    assert client.get("/admin/login").status_code == 200
+    monkeypatch.delenv("ADMIN_KEY")
+    with pytest.raises(SystemExit, match="AMAZONQ_REFRESH_TOKEN is not set"):
+        app_module.check_settings()  # without the admin page, a login is still required
+
+
 def test_pages_need_the_session(admin_app):
     client = admin_app.test_client()
     response = client.get("/admin/")
