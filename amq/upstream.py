@@ -10,21 +10,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from contextlib import suppress
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 import requests
-import urllib3
 from requests.adapters import HTTPAdapter
 from requests.utils import get_netrc_auth
 
 from . import metrics
-from .errors import BadGateway, GatewayTimeout, ProxyError, UpstreamFailure
+from .errors import ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
 from .jsonio import dumps
 from .models import QModel
 from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
+from .transport import transport_errors
 
 if TYPE_CHECKING:
     from .credentials.manager import TokenManager
@@ -34,37 +34,6 @@ logger = logging.getLogger(__name__)
 RPC_TARGET = "AmazonCodeWhispererStreamingService.GenerateAssistantResponse"
 LIST_MODELS_TARGET = "AmazonCodeWhispererService.ListAvailableModels"
 MAX_ERROR_BODY = 64 * 1024
-# What the HTTP stack raises when the network fails: requests' own, urllib3's when iter_content
-# or read1 surface them, and the socket's.
-TRANSPORT_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, OSError)
-
-
-@contextmanager
-def transport_errors(url: str, *, mid_answer: bool = False) -> Iterator[None]:
-    """The one place where network failures become ours, as requests' HTTPAdapter.send turns
-    urllib3's into its own: 502 when Q cannot be reached or the connection breaks, 504 when
-    it is too slow. `mid_answer`: Q had begun to answer, so nothing may be retried."""
-    try:
-        yield
-    except TRANSPORT_ERRORS as exc:
-        kind = type(exc).__name__
-        # The cause, for the operator (a missing CA bundle and a refused connection look alike
-        # to the client); URLs and socket errors carry no credentials.
-        logger.warning("transport error talking to Amazon Q%s: %s: %.200s",
-                       " mid-answer" if mid_answer else "", kind, exc)
-        if mid_answer:
-            if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)) \
-                    or "timed out" in str(exc).lower():
-                raise GatewayTimeout("Amazon Q stopped sending before the answer was complete "
-                                     "(read timeout)") from None
-            raise BadGateway(f"the connection to Amazon Q broke mid-answer ({kind})") from None
-        if isinstance(exc, requests.ConnectTimeout):
-            raise BadGateway(f"cannot reach Amazon Q at {url} (connect timeout)") from None
-        if isinstance(exc, requests.Timeout):
-            raise GatewayTimeout("Amazon Q did not answer in time") from None
-        raise BadGateway(f"cannot reach Amazon Q at {url} ({kind})") from None
-
-
 class EnvironmentOnceSession(requests.Session):
     """A Session that reads the environment once per origin instead of on every call.
 

@@ -1,8 +1,10 @@
 """The one table from Amazon Q's errors to Anthropic's, tested with literal inputs."""
 import pytest
 import requests
+import responses
 import urllib3
 
+from amq.credentials.oidc import refresh_grant
 from amq.errors import (
     BadGateway,
     GatewayTimeout,
@@ -13,7 +15,7 @@ from amq.errors import (
     RateLimited,
 )
 from amq.q_errors import error_code, error_frame, map_upstream_error, parse_upstream_error
-from amq.upstream import transport_errors
+from amq.transport import transport_errors
 
 
 @pytest.mark.parametrize("raw, code", [
@@ -74,3 +76,14 @@ def test_error_frames_map_like_error_responses():
 def test_network_failures_become_ours_at_one_boundary(raised, mid_answer, kind):
     with pytest.raises(kind), transport_errors("http://q.example/", mid_answer=mid_answer):
         raise raised
+
+
+@responses.activate
+@pytest.mark.parametrize("raised, kind", [(requests.ConnectionError("refused"), BadGateway),
+                                          (requests.ReadTimeout("read"), GatewayTimeout)],
+                         ids=["refused", "timeout"])
+def test_the_token_service_goes_through_the_same_boundary(raised, kind):
+    responses.post("https://oidc.example/token", body=raised)
+    with pytest.raises(kind, match="the Amazon Q token service"):
+        refresh_grant(requests.Session(), "https://oidc.example/token", client_id="c", client_secret="s",
+                      refresh_token="r", timeout=(1, 1))

@@ -10,7 +10,8 @@ import logging
 
 import requests
 
-from ..errors import BadGateway, CredentialsRejected, GatewayTimeout, UpstreamFailure
+from ..errors import CredentialsRejected, UpstreamFailure
+from ..transport import transport_errors
 from .record import iso_time
 
 logger = logging.getLogger(__name__)
@@ -119,12 +120,8 @@ def refresh_grant(session: requests.Session, endpoint: str, *, client_id: str, c
     """
     body = {"clientId": client_id, "clientSecret": client_secret,
             "grantType": "refresh_token", "refreshToken": refresh_token}
-    try:
+    with transport_errors(endpoint, service="the Amazon Q token service"):
         response = session.post(endpoint, json=body, timeout=timeout)
-    except requests.Timeout:
-        raise GatewayTimeout("timed out refreshing the Amazon Q access token") from None
-    except requests.RequestException as exc:
-        raise BadGateway(f"cannot reach the Amazon Q token service ({type(exc).__name__})") from None
     if response.status_code == 200:
         return _json(response)
     error = _refresh_error(response, interrupted_at)
