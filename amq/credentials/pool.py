@@ -46,6 +46,7 @@ logger = logging.getLogger(__name__)
 
 STATES = ("active", "cooling", "exhausted", "suspended", "invalid", "disabled")
 STICKY_LIMIT = 10_000  # conversations remembered per worker
+NO_MODEL_RECHECK = 3600.0  # seconds before an account that lacked a model is asked again (its list can change)
 DEFAULT_ENDPOINT = "https://q.{region}.amazonaws.com"  # Q's regional hosts (docs/amazon-q-api.md)
 
 
@@ -75,7 +76,7 @@ class Account:
     tokens: TokenManager
     profile_arn: str = ""
     endpoint: str | None = None  # Q's endpoint for this account's profile region (None: the setting's)
-    no_models: set[str] = field(default_factory=set)  # models this account answered INVALID_MODEL_ID
+    no_models: dict[str, float] = field(default_factory=dict)  # model -> when it answered INVALID_MODEL_ID
     inflight: int = 0  # streams this worker has open on it
     remaining_credits: float | None = None  # from GetUsageLimits
     reset_at: float | None = None  # the monthly reset, from GetUsageLimits
@@ -210,13 +211,13 @@ class AccountPool:
         """Count a failed call and change the account's health as its disposition says."""
         now = self._clock()
         disposition = error.disposition
-        self._deltas.add(account.name, now, errors=1)
         self._observe("error", account.name, disposition or "other")
         if disposition == "model":
-            account.no_models.add(model)
+            account.no_models[model] = self._monotonic()
             return
         if disposition not in ("throttled", "risk", "monthly", "suspended", "invalid", "transient"):
-            return
+            return  # the request's own fault: not the account's
+        self._deltas.add(account.name, now, errors=1)
         settings = self.settings
         health = dict(self._health.get(account.name) or {})
         health.update(reason=error_reason(error), last_error=error.message[:200])
@@ -267,10 +268,10 @@ class AccountPool:
                 return self._store_error
             return NoCredentials(self._default.missing or "AMAZONQ_REFRESH_TOKEN")
         now = self._clock()
-        healthy = [a for a in self.accounts() if self.effective(a.name, now)[0] == "active"]
-        if healthy and all(model in a.no_models for a in healthy):
+        if self.offered_nowhere(model):
+            healthy = [a.name for a in self.accounts() if self.effective(a.name, now)[0] == "active"]
             return InvalidRequest(f"model {model} is not offered by any Amazon Q account that can serve now "
-                                  f"({', '.join(a.name for a in healthy)})")
+                                  f"({', '.join(healthy)})")
         states, back = [], []
         for account in self.accounts():
             state, until, _ = self.effective(account.name, now)
@@ -294,9 +295,27 @@ class AccountPool:
         return next((a for a in accounts if self.effective(a.name, now)[0] == "active"),
                     accounts[0] if accounts else None)
 
+    def lacks(self, account: Account, model: str) -> bool:
+        """The account answered INVALID_MODEL_ID for `model` within NO_MODEL_RECHECK."""
+        since = account.no_models.get(model)
+        if since is None:
+            return False
+        if self._monotonic() - since >= NO_MODEL_RECHECK:
+            account.no_models.pop(model, None)
+            return False
+        return True
+
+    def offered_nowhere(self, model: str) -> bool:
+        """Every account able to serve (active, or only cooling) lacks `model`; there is one."""
+        now = self._clock()
+        able = [a for a in self.accounts() if self.effective(a.name, now)[0] in ("active", "cooling")]
+        return bool(able) and all(self.lacks(a, model) for a in able)
+
     @property
     def single(self) -> bool:
-        return len(self._accounts) == 1
+        """At most one account can serve now: nothing to fail over to, so the in-call retries apply."""
+        now = self._clock()
+        return sum(self.effective(a.name, now)[0] == "active" for a in self.accounts()) <= 1
 
     def choose(self, model: str, conversation: str | None = None,
                exclude: set[str] | frozenset[str] = frozenset()) -> Account | None:
@@ -310,7 +329,7 @@ class AccountPool:
             if account.name in exclude or self.effective(account.name, now)[0] == "disabled":
                 return None
             return account
-        eligible = [a for a in accounts if a.name not in exclude and model not in a.no_models
+        eligible = [a for a in accounts if a.name not in exclude and not self.lacks(a, model)
                     and self.effective(a.name, now)[0] == "active"]
         if not eligible:
             return None
