@@ -13,7 +13,8 @@ What an error means for the account is decided where errors are classified
 * monthly: `exhausted` until the reset (GetUsageLimits' date when known, else the first of
   next month UTC) plus AMAZONQ_RESET_MARGIN;
 * suspended: `suspended` until an operator enables the account;
-* invalid: `invalid` until a new login is stored under its name;
+* invalid: `invalid` until a new login is stored under its name (a new refresh token: failed
+  refreshes write the record too, so its version says nothing);
 * transient: `cooling` for AMAZONQ_COOLDOWN_ERRORS after AMAZONQ_ERRORS_BEFORE_COOLDOWN in a row;
 * model: that account is skipped for that model (in this worker), no penalty;
 * request: nothing (the request's own fault).
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from ..config import DEFAULT_REGION, Settings
 from ..errors import InvalidRequest, NoAccountAvailable, ProxyError, StoreUnavailable
 from .manager import NoCredentials, TokenManager
-from .pool_state import Deltas, PoolState
+from .pool_state import Deltas, HealthChange, PoolState, apply_change, login_identity
 from .record import DEFAULT_ACCOUNT, iso_time
 from .store import CredentialStore
 
@@ -118,7 +119,7 @@ class AccountPool:
         self._accounts: dict[str, Account] = {}
         self._ordered: list[Account] | None = None
         self._health: dict[str, dict] = {}
-        self._versions: dict[str, int] = {}
+        self._logins: dict[str, str] = {}  # account -> login identity, as of the last sync
         self._shared_inflight: dict[str, int] = {}
         self._published: dict[str, int] = {}
         self._deltas = Deltas()
@@ -162,11 +163,11 @@ class AccountPool:
 
     def disable(self, name: str) -> None:
         self._known(name)
-        self._set_health(name, {"state": "disabled", "until": None, "reason": "disabled by an operator"})
+        self._change(name, HealthChange("set", state="disabled", reason="disabled by an operator"))
 
     def enable(self, name: str) -> None:
         self._known(name)
-        self._set_health(name, {"state": "active", "until": None, "reason": ""})
+        self._change(name, HealthChange("set", state="active"))
 
     def remove(self, name: str) -> None:
         """Delete the login from the store too."""
@@ -201,7 +202,7 @@ class AccountPool:
         until = health.get("until")
         if state in ("cooling", "exhausted") and (until is None or until <= now):
             return "active", None, ""
-        if state == "invalid" and self._versions.get(name, 0) > int(health.get("version") or 0):
+        if state == "invalid" and self._logins.get(name) and health.get("login") != self._logins[name]:
             return "active", None, ""  # a new login was stored since
         if state not in STATES:
             return "active", None, ""
@@ -219,36 +220,36 @@ class AccountPool:
             return  # the request's own fault: not the account's
         self._deltas.add(account.name, now, errors=1)
         settings = self.settings
-        health = dict(self._health.get(account.name) or {})
-        health.update(reason=error_reason(error), last_error=error.message[:200])
-        failures = int(health.get("failures") or 0) + 1
+        reason, last_error = error_reason(error), error.message[:200]
+        login = self._logins.get(account.name, "")
         if disposition == "throttled":
             rest = max(settings.cooldown_throttled, _seconds(getattr(error, "retry_after", None)))
-            health.update(state="cooling", until=now + rest)
+            change = HealthChange("rest", "cooling", now + rest, reason, last_error, login)
         elif disposition == "risk":
-            health.update(state="cooling", until=now + settings.cooldown_risk)
+            change = HealthChange("rest", "cooling", now + settings.cooldown_risk, reason, last_error, login)
         elif disposition == "monthly":
             known = account.reset_at is not None and account.reset_at > now
             reset = account.reset_at if known else first_of_next_month(now)
-            health.update(state="exhausted", until=reset + settings.reset_margin)
+            change = HealthChange("rest", "exhausted", reset + settings.reset_margin, reason, last_error, login)
             if not known and self._usage_limits is not None:  # ask Q when it resets, beside the request
                 threading.Thread(target=self._learn_reset, args=(account,), daemon=True,
                                  name=f"amq-reset-{account.name}").start()
         elif disposition == "suspended":
-            health.update(state="suspended", until=None)
+            change = HealthChange("out", "suspended", None, reason, last_error, login)
         elif disposition == "invalid":
-            health.update(state="invalid", until=None, version=self._login_version(account.name))
-        elif failures >= settings.errors_before_cooldown:  # transient, once too often in a row
-            health.update(state="cooling", until=now + settings.cooldown_errors)
-        else:
-            self._set_health(account.name, dict(health, failures=failures))
-            return
-        health["failures"] = 0
-        self._observe("cooldown", account.name, health["state"])
-        logger.warning("account %s is %s%s: %s", account.name, health["state"],
-                       f" until {iso_time(health['until'])}" if health.get("until") else "",
-                       health["reason"])
-        self._set_health(account.name, health)
+            change = HealthChange("out", "invalid", None, reason, last_error, self._login_id(account.name))
+        else:  # transient: a rest only once too often in a row (counted where health is stored)
+            change = HealthChange("failure", "cooling", now + settings.cooldown_errors, reason, last_error,
+                                  login, threshold=settings.errors_before_cooldown)
+        before = self.effective(account.name, now)
+        health = self._change(account.name, change)
+        state, until, why = self.effective(account.name, now)
+        if state != "active" and (state, until) != before[:2]:
+            self._observe("cooldown", account.name, state)
+            logger.warning("account %s is %s%s: %s", account.name, state,
+                           f" until {iso_time(until)}" if until else "", why)
+        elif health.get("state") != change.state and change.kind != "failure":
+            logger.info("account %s stays %s (%s not applied)", account.name, state, change.state)
 
     def report_success(self, account: Account, conversation: str | None = None) -> None:
         if conversation and self.settings.sticky_sessions:
@@ -258,7 +259,7 @@ class AccountPool:
                 self._sticky.popitem(last=False)
         health = self._health.get(account.name) or {}
         if health.get("failures"):
-            self._set_health(account.name, dict(health, failures=0))
+            self._change(account.name, HealthChange("success"))
 
     def unavailable(self, model: str = "") -> ProxyError:
         """The 429 when no account can serve: when the first is back, and every account's state
@@ -392,7 +393,7 @@ class AccountPool:
             self._store_error = None
             self._published = inflight
             self._shared_inflight = snapshot.inflight
-            self._versions.update(snapshot.versions)
+            self._logins.update(snapshot.logins)
             self._health = {name: health for name, health in snapshot.health.items()}
             self._join(snapshot.accounts)
             self._publish_states()
@@ -463,21 +464,24 @@ class AccountPool:
         self._fetch_usage(account)
         health = self._health.get(account.name) or {}
         if account.reset_at and health.get("state") == "exhausted":
-            self._set_health(account.name, dict(health, until=account.reset_at + self.settings.reset_margin))
+            self._change(account.name, HealthChange("reset", until=account.reset_at + self.settings.reset_margin))
 
-    def _set_health(self, name: str, health: dict) -> None:
-        self._health[name] = health
+    def _change(self, name: str, change: HealthChange) -> dict:
+        """Apply `change` where health is stored, against what is stored now; keep the result.
+        A store that does not answer: applied to this worker's copy only."""
         try:
-            self.state.set_health(name, health)
+            health = self.state.change_health(name, change)
         except (StoreUnavailable, OSError) as exc:
             logger.warning("account %s: health not shared (%s)", name, getattr(exc, "message", exc))
+            health = apply_change(self._health.get(name) or {}, change)
+        self._health[name] = health
+        return health
 
-    def _login_version(self, name: str) -> int:
-        """The stored login's version now (a refresh that failed has written its marker and
-        cleared it again): a later version is a new login."""
+    def _login_id(self, name: str) -> str:
+        """The stored login's identity now (what the refused refresh tried)."""
         with contextlib.suppress(StoreUnavailable, OSError):
-            self._versions[name] = self.store.version(name)
-        return self._versions.get(name, 0)
+            self._logins[name] = login_identity(self.store.load(name))
+        return self._logins.get(name, "")
 
     def _known(self, name: str) -> None:
         if name in self._accounts:
