@@ -4,6 +4,7 @@ a worker's stale copy never undoes another's disable, suspension or exhaustion, 
 shortened, and failures in a row are counted across workers."""
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -118,6 +119,23 @@ def test_failures_in_a_row_are_counted_across_workers_and_success_only_resets_th
     first.report_failure(account(first, "b"), error(THROTTLED))
     second.report_success(account(second, "b"))  # a stale "active" with failures: not written back
     assert state(first, "b")[0] == "cooling"
+
+
+def test_failures_at_the_same_moment_are_all_counted(setup):
+    _, config, _ = setup
+    pools = [worker(dict(config, AMAZONQ_ERRORS_BEFORE_COOLDOWN="12")) for _ in range(4)]
+    start = threading.Barrier(12)
+
+    def fail(pool):
+        start.wait()
+        pool.report_failure(account(pool, "a"), error(BROKEN))
+
+    threads = [threading.Thread(target=fail, args=(pools[i % 4],)) for i in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert state(pools[0], "a")[0] == "cooling"  # the twelfth in a row, whoever wrote it
 
 
 def test_a_refused_login_stays_invalid_until_a_new_login(setup):
