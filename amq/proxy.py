@@ -63,8 +63,8 @@ class Proxy:
             record.usage_source = translator.usage
         ping = self.settings.ping_interval if request.stream else None
         events = self.client.events(response, ping_interval=ping)
-        return translate(translator, self._tracked(account, q_model, translator.usage,
-                                                   metrics.count_stream_errors(events)))
+        answer = translate(translator, self._failures(account, q_model, metrics.count_stream_errors(events)))
+        return Answer(answer, lambda: self._finish(account, translator.usage, response))
 
     def _open(self, request: MessageRequest, q_model: str,
               conversation: str | None) -> tuple[Account, requests.Response]:
@@ -75,21 +75,23 @@ class Proxy:
         deadline = time.monotonic() + self.settings.retry_budget
         tried: set[str] = set()
         last: ProxyError | None = None
+        single = pool.single  # before any failure of this request changes who can serve
         while True:
             account = pool.choose(q_model, conversation, exclude=tried)
             if account is None:
-                if last is not None and last.disposition in ("model", "transient"):
+                if last is not None and (last.disposition == "transient" or
+                                         last.disposition == "model" and pool.offered_nowhere(q_model)):
                     raise last  # no account refused on health: Q's own answer is the truth
                 raise pool.unavailable(q_model)
             body = request.conversion.for_model(q_model, account.profile_arn)
             pool.begin(account)
             try:
                 response = self.client.open(body, tokens=account.tokens, endpoint=account.endpoint,
-                                            attempts=None if pool.single else 1)
+                                            attempts=None if single else 1)
             except ProxyError as exc:
                 pool.end(account)
                 pool.report_failure(account, exc, q_model)
-                if pool.single or exc.disposition in ("request", "") or time.monotonic() >= deadline:
+                if single or exc.disposition in ("request", "") or time.monotonic() >= deadline:
                     raise
                 logger.info("account %s failed before the first byte (%s); trying another account",
                             account.name, exc.disposition)
@@ -102,21 +104,25 @@ class Proxy:
             pool.report_success(account, conversation)
             return account, response
 
-    def _tracked(self, account: Account, q_model: str, usage: Callable,
-                 events: Iterator) -> Iterator:
-        """The answer's events; at its end the account's stream count, usage and health."""
+    def _failures(self, account: Account, q_model: str, events: Iterator) -> Iterator:
+        """The answer's events; a fault mid-answer counts against the account's health."""
         try:
             yield from events
         except ProxyError as exc:
             self.pool.report_failure(account, exc, q_model)
             raise
-        finally:
+
+    def _finish(self, account: Account, usage: Callable, response: requests.Response) -> None:
+        """Once per answer, however it ended: the account's stream count, its usage, Q's connection."""
+        try:
             self.pool.end(account)
             try:
                 spent = usage()
                 self.pool.add_usage(account, spent.input_tokens, spent.output_tokens, spent.credits)
             except Exception:  # noqa: BLE001 - counting must never break an answer
                 logger.exception("could not count the usage of account %s", account.name)
+        finally:
+            response.close()
 
     def validate(self, payload: dict) -> MessageRequest:
         """The validation step of every Messages endpoint, with this proxy's `origin`."""
@@ -128,6 +134,36 @@ class Proxy:
             if kind not in self._logged_server_tools:
                 self._logged_server_tools.add(kind)
                 logger.info("server tool %s is not available on Amazon Q; leaving it out", kind[:100])
+
+
+class Answer(Iterator[list[dict]]):
+    """The answer's event batches. Its close() always runs `finish` once, whether or not
+    iteration started: a generator closed before its first step never runs its finally,
+    so a client that drops at the first write would otherwise leave the account busy and
+    Q's connection open."""
+
+    def __init__(self, events: Iterator[list[dict]], finish: Callable[[], None]):
+        self._events = events
+        self._finish = finish
+        self._closed = False
+
+    def __next__(self) -> list[dict]:
+        try:
+            return next(self._events)
+        except BaseException:  # the end, or a fault: either way the answer is over
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            close = getattr(self._events, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._finish()
 
 
 def conversation_key(payload: dict, session: str | None) -> str:

@@ -3,7 +3,7 @@
 1. The request path: `AccountPool.choose` + `begin` + `report_success` + `end` (what amq/proxy.py
    calls for every request), with no sync due: in memory only. p50/p99 in microseconds.
 2. The sync (at most once per AMAZONQ_POOL_SYNC_INTERVAL per worker): counters out, health,
-   in-flight counts and login versions in. p50/p99 in milliseconds, for the file store and for
+   in-flight counts and login identities in. p50/p99 in milliseconds, for the file store and for
    Redis (a real redis-server on a free port), and the Redis commands and round trips per sync.
 
     python bench/pool.py [--accounts 3 20] [--calls 100000] [--syncs 500]

@@ -194,6 +194,7 @@ def test_the_requests_own_faults_go_back_to_the_client_and_count_against_no_acco
     response = app.test_client().post("/v1/messages", json=BODY)
     assert response.status_code == 400 and len(fake.requests) == 1
     assert {s.state for s in app.extensions["amq"].pool.summaries()} == {"active"}
+    assert {s.errors_today for s in app.extensions["amq"].pool.summaries()} == {0}
 
 
 def test_a_model_the_account_lacks_moves_the_request_without_penalty(fake, store):
@@ -477,3 +478,53 @@ def test_a_model_no_account_offers_is_a_400_not_a_429(fake, store):
     again = client.post("/v1/messages", json=fresh())  # both known to lack it: no call at all
     assert again.status_code == 400 and "not offered" in again.get_json()["error"]["message"]
     assert len(fake.requests) == 2
+
+
+def test_a_stream_closed_right_after_its_first_event_frees_its_account_and_qs_connection(fake, store):
+    add_logins(fake, store, a={})
+    proxy = make_app(fake, store).extensions["amq"]
+    opened = []
+    real_open = proxy.client.open
+
+    def spy_open(*args, **kwargs):
+        response = real_open(*args, **kwargs)
+        real_close = response.close
+        response.close = lambda: (opened.remove(response), real_close())
+        opened.append(response)
+        return response
+
+    proxy.client.open = spy_open
+    for start in (True, False):  # the client drops at the first write, or before any
+        events = proxy.open_message(proxy.validate(fresh()))
+        if start:
+            assert next(events)[0]["type"] == "message_start"
+        events.close()
+        events.close()  # twice is harmless
+        assert opened == [] and proxy.pool.accounts()[0].inflight == 0
+
+
+def test_one_account_that_can_serve_keeps_the_in_call_retries(fake, store):
+    add_logins(fake, store, a={}, b={})
+    app = make_app(fake, store)
+    app.extensions["amq"].pool.disable("b")
+    fake.enqueue(http_error(500, "InternalServerException", "Encountered an unexpected error."))
+    response = app.test_client().post("/v1/messages", json=fresh())
+    assert response.status_code == 200, response.get_json()
+    assert fake.accounts["a"].served == 1 and fake.accounts["b"].calls == 0
+
+
+def test_a_model_one_account_lacks_while_the_others_cool_is_a_429_and_is_asked_again_later(
+        fake, store, monkeypatch):
+    monkeypatch.setattr("amq.credentials.pool.NO_MODEL_RECHECK", 0.5)
+    add_logins(fake, store, a={}, b={})
+    fake.enqueue(http_error(429, "ThrottlingException", "Too many requests", reason="USER_REQUEST_RATE_EXCEEDED"),
+                 http_error(400, "ValidationException", "Invalid model.", reason="INVALID_MODEL_ID"))
+    client = make_app(fake, store, AMAZONQ_ACCOUNT_STRATEGY="priority", AMAZONQ_ACCOUNT_ORDER="b,a",
+                      AMAZONQ_COOLDOWN_THROTTLED="30").test_client()
+    for _ in range(2):  # b cools, a lacks the model: wait for b, never a fatal 400
+        response = client.post("/v1/messages", json=fresh())
+        assert response.status_code == 429 and 0 < int(response.headers["retry-after"]) <= 30
+    assert len(fake.requests) == 2
+    time.sleep(0.6)  # an account's model list can change: it is asked again
+    assert client.post("/v1/messages", json=fresh()).status_code == 200
+    assert fake.accounts["a"].served == 1

@@ -13,7 +13,8 @@ What an error means for the account is decided where errors are classified
 * monthly: `exhausted` until the reset (GetUsageLimits' date when known, else the first of
   next month UTC) plus AMAZONQ_RESET_MARGIN;
 * suspended: `suspended` until an operator enables the account;
-* invalid: `invalid` until a new login is stored under its name;
+* invalid: `invalid` until a new login is stored under its name (a new refresh token: failed
+  refreshes write the record too, so its version says nothing);
 * transient: `cooling` for AMAZONQ_COOLDOWN_ERRORS after AMAZONQ_ERRORS_BEFORE_COOLDOWN in a row;
 * model: that account is skipped for that model (in this worker), no penalty;
 * request: nothing (the request's own fault).
@@ -38,7 +39,7 @@ from datetime import UTC, datetime
 from ..config import DEFAULT_REGION, Settings
 from ..errors import InvalidRequest, NoAccountAvailable, ProxyError, StoreUnavailable
 from .manager import NoCredentials, TokenManager
-from .pool_state import Deltas, PoolState
+from .pool_state import Deltas, HealthChange, PoolState, apply_change, login_identity
 from .record import DEFAULT_ACCOUNT, iso_time
 from .store import CredentialStore
 
@@ -46,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 STATES = ("active", "cooling", "exhausted", "suspended", "invalid", "disabled")
 STICKY_LIMIT = 10_000  # conversations remembered per worker
+NO_MODEL_RECHECK = 3600.0  # seconds before an account that lacked a model is asked again (its list can change)
 DEFAULT_ENDPOINT = "https://q.{region}.amazonaws.com"  # Q's regional hosts (docs/amazon-q-api.md)
 
 
@@ -75,7 +77,7 @@ class Account:
     tokens: TokenManager
     profile_arn: str = ""
     endpoint: str | None = None  # Q's endpoint for this account's profile region (None: the setting's)
-    no_models: set[str] = field(default_factory=set)  # models this account answered INVALID_MODEL_ID
+    no_models: dict[str, float] = field(default_factory=dict)  # model -> when it answered INVALID_MODEL_ID
     inflight: int = 0  # streams this worker has open on it
     remaining_credits: float | None = None  # from GetUsageLimits
     reset_at: float | None = None  # the monthly reset, from GetUsageLimits
@@ -117,7 +119,7 @@ class AccountPool:
         self._accounts: dict[str, Account] = {}
         self._ordered: list[Account] | None = None
         self._health: dict[str, dict] = {}
-        self._versions: dict[str, int] = {}
+        self._logins: dict[str, str] = {}  # account -> login identity, as of the last sync
         self._shared_inflight: dict[str, int] = {}
         self._published: dict[str, int] = {}
         self._deltas = Deltas()
@@ -161,11 +163,11 @@ class AccountPool:
 
     def disable(self, name: str) -> None:
         self._known(name)
-        self._set_health(name, {"state": "disabled", "until": None, "reason": "disabled by an operator"})
+        self._change(name, HealthChange("set", state="disabled", reason="disabled by an operator"))
 
     def enable(self, name: str) -> None:
         self._known(name)
-        self._set_health(name, {"state": "active", "until": None, "reason": ""})
+        self._change(name, HealthChange("set", state="active"))
 
     def remove(self, name: str) -> None:
         """Delete the login from the store too."""
@@ -200,7 +202,7 @@ class AccountPool:
         until = health.get("until")
         if state in ("cooling", "exhausted") and (until is None or until <= now):
             return "active", None, ""
-        if state == "invalid" and self._versions.get(name, 0) > int(health.get("version") or 0):
+        if state == "invalid" and self._logins.get(name) and health.get("login") != self._logins[name]:
             return "active", None, ""  # a new login was stored since
         if state not in STATES:
             return "active", None, ""
@@ -210,44 +212,44 @@ class AccountPool:
         """Count a failed call and change the account's health as its disposition says."""
         now = self._clock()
         disposition = error.disposition
-        self._deltas.add(account.name, now, errors=1)
         self._observe("error", account.name, disposition or "other")
         if disposition == "model":
-            account.no_models.add(model)
+            account.no_models[model] = self._monotonic()
             return
         if disposition not in ("throttled", "risk", "monthly", "suspended", "invalid", "transient"):
-            return
+            return  # the request's own fault: not the account's
+        self._deltas.add(account.name, now, errors=1)
         settings = self.settings
-        health = dict(self._health.get(account.name) or {})
-        health.update(reason=error_reason(error), last_error=error.message[:200])
-        failures = int(health.get("failures") or 0) + 1
+        reason, last_error = error_reason(error), error.message[:200]
+        login = self._logins.get(account.name, "")
         if disposition == "throttled":
             rest = max(settings.cooldown_throttled, _seconds(getattr(error, "retry_after", None)))
-            health.update(state="cooling", until=now + rest)
+            change = HealthChange("rest", "cooling", now + rest, reason, last_error, login)
         elif disposition == "risk":
-            health.update(state="cooling", until=now + settings.cooldown_risk)
+            change = HealthChange("rest", "cooling", now + settings.cooldown_risk, reason, last_error, login)
         elif disposition == "monthly":
             known = account.reset_at is not None and account.reset_at > now
             reset = account.reset_at if known else first_of_next_month(now)
-            health.update(state="exhausted", until=reset + settings.reset_margin)
+            change = HealthChange("rest", "exhausted", reset + settings.reset_margin, reason, last_error, login)
             if not known and self._usage_limits is not None:  # ask Q when it resets, beside the request
                 threading.Thread(target=self._learn_reset, args=(account,), daemon=True,
                                  name=f"amq-reset-{account.name}").start()
         elif disposition == "suspended":
-            health.update(state="suspended", until=None)
+            change = HealthChange("out", "suspended", None, reason, last_error, login)
         elif disposition == "invalid":
-            health.update(state="invalid", until=None, version=self._login_version(account.name))
-        elif failures >= settings.errors_before_cooldown:  # transient, once too often in a row
-            health.update(state="cooling", until=now + settings.cooldown_errors)
-        else:
-            self._set_health(account.name, dict(health, failures=failures))
-            return
-        health["failures"] = 0
-        self._observe("cooldown", account.name, health["state"])
-        logger.warning("account %s is %s%s: %s", account.name, health["state"],
-                       f" until {iso_time(health['until'])}" if health.get("until") else "",
-                       health["reason"])
-        self._set_health(account.name, health)
+            change = HealthChange("out", "invalid", None, reason, last_error, self._login_id(account.name))
+        else:  # transient: a rest only once too often in a row (counted where health is stored)
+            change = HealthChange("failure", "cooling", now + settings.cooldown_errors, reason, last_error,
+                                  login, threshold=settings.errors_before_cooldown)
+        before = self.effective(account.name, now)
+        health = self._change(account.name, change)
+        state, until, why = self.effective(account.name, now)
+        if state != "active" and (state, until) != before[:2]:
+            self._observe("cooldown", account.name, state)
+            logger.warning("account %s is %s%s: %s", account.name, state,
+                           f" until {iso_time(until)}" if until else "", why)
+        elif health.get("state") != change.state and change.kind != "failure":
+            logger.info("account %s stays %s (%s not applied)", account.name, state, change.state)
 
     def report_success(self, account: Account, conversation: str | None = None) -> None:
         if conversation and self.settings.sticky_sessions:
@@ -257,7 +259,7 @@ class AccountPool:
                 self._sticky.popitem(last=False)
         health = self._health.get(account.name) or {}
         if health.get("failures"):
-            self._set_health(account.name, dict(health, failures=0))
+            self._change(account.name, HealthChange("success"))
 
     def unavailable(self, model: str = "") -> ProxyError:
         """The 429 when no account can serve: when the first is back, and every account's state
@@ -267,10 +269,10 @@ class AccountPool:
                 return self._store_error
             return NoCredentials(self._default.missing or "AMAZONQ_REFRESH_TOKEN")
         now = self._clock()
-        healthy = [a for a in self.accounts() if self.effective(a.name, now)[0] == "active"]
-        if healthy and all(model in a.no_models for a in healthy):
+        if self.offered_nowhere(model):
+            healthy = [a.name for a in self.accounts() if self.effective(a.name, now)[0] == "active"]
             return InvalidRequest(f"model {model} is not offered by any Amazon Q account that can serve now "
-                                  f"({', '.join(a.name for a in healthy)})")
+                                  f"({', '.join(healthy)})")
         states, back = [], []
         for account in self.accounts():
             state, until, _ = self.effective(account.name, now)
@@ -294,9 +296,27 @@ class AccountPool:
         return next((a for a in accounts if self.effective(a.name, now)[0] == "active"),
                     accounts[0] if accounts else None)
 
+    def lacks(self, account: Account, model: str) -> bool:
+        """The account answered INVALID_MODEL_ID for `model` within NO_MODEL_RECHECK."""
+        since = account.no_models.get(model)
+        if since is None:
+            return False
+        if self._monotonic() - since >= NO_MODEL_RECHECK:
+            account.no_models.pop(model, None)
+            return False
+        return True
+
+    def offered_nowhere(self, model: str) -> bool:
+        """Every account able to serve (active, or only cooling) lacks `model`; there is one."""
+        now = self._clock()
+        able = [a for a in self.accounts() if self.effective(a.name, now)[0] in ("active", "cooling")]
+        return bool(able) and all(self.lacks(a, model) for a in able)
+
     @property
     def single(self) -> bool:
-        return len(self._accounts) == 1
+        """At most one account can serve now: nothing to fail over to, so the in-call retries apply."""
+        now = self._clock()
+        return sum(self.effective(a.name, now)[0] == "active" for a in self.accounts()) <= 1
 
     def choose(self, model: str, conversation: str | None = None,
                exclude: set[str] | frozenset[str] = frozenset()) -> Account | None:
@@ -310,7 +330,7 @@ class AccountPool:
             if account.name in exclude or self.effective(account.name, now)[0] == "disabled":
                 return None
             return account
-        eligible = [a for a in accounts if a.name not in exclude and model not in a.no_models
+        eligible = [a for a in accounts if a.name not in exclude and not self.lacks(a, model)
                     and self.effective(a.name, now)[0] == "active"]
         if not eligible:
             return None
@@ -373,7 +393,7 @@ class AccountPool:
             self._store_error = None
             self._published = inflight
             self._shared_inflight = snapshot.inflight
-            self._versions.update(snapshot.versions)
+            self._logins.update(snapshot.logins)
             self._health = {name: health for name, health in snapshot.health.items()}
             self._join(snapshot.accounts)
             self._publish_states()
@@ -444,21 +464,24 @@ class AccountPool:
         self._fetch_usage(account)
         health = self._health.get(account.name) or {}
         if account.reset_at and health.get("state") == "exhausted":
-            self._set_health(account.name, dict(health, until=account.reset_at + self.settings.reset_margin))
+            self._change(account.name, HealthChange("reset", until=account.reset_at + self.settings.reset_margin))
 
-    def _set_health(self, name: str, health: dict) -> None:
-        self._health[name] = health
+    def _change(self, name: str, change: HealthChange) -> dict:
+        """Apply `change` where health is stored, against what is stored now; keep the result.
+        A store that does not answer: applied to this worker's copy only."""
         try:
-            self.state.set_health(name, health)
+            health = self.state.change_health(name, change)
         except (StoreUnavailable, OSError) as exc:
             logger.warning("account %s: health not shared (%s)", name, getattr(exc, "message", exc))
+            health = apply_change(self._health.get(name) or {}, change)
+        self._health[name] = health
+        return health
 
-    def _login_version(self, name: str) -> int:
-        """The stored login's version now (a refresh that failed has written its marker and
-        cleared it again): a later version is a new login."""
+    def _login_id(self, name: str) -> str:
+        """The stored login's identity now (what the refused refresh tried)."""
         with contextlib.suppress(StoreUnavailable, OSError):
-            self._versions[name] = self.store.version(name)
-        return self._versions.get(name, 0)
+            self._logins[name] = login_identity(self.store.load(name))
+        return self._logins.get(name, "")
 
     def _known(self, name: str) -> None:
         if name in self._accounts:

@@ -2,9 +2,11 @@
 
 Every worker keeps the pool's state in memory and calls `sync` at most about once a second:
 one exchange with the store that adds the worker's counters since the last call, publishes its
-streams in flight, and reads every account's health, in-flight total and login version back.
-A change of health (a cooldown, a suspension) is written at once with `set_health`, so other
-workers and instances stop choosing that account at their next sync.
+streams in flight, and reads every account's health, in-flight total and login identity back.
+A change of health (a cooldown, a suspension) is applied at once with `change_health`, where
+health is stored and against what is stored now (`apply_change` holds the rules), so other
+workers and instances stop choosing that account at their next sync and no worker's stale
+copy undoes another's change.
 
 * File store (one machine): one JSON file beside the token cache, `<stem>-pool.json`, read and
   replaced under an flock; every worker of the machine shares it.
@@ -16,6 +18,7 @@ workers and instances stop choosing that account at their next sync.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import tempfile
@@ -27,6 +30,8 @@ from ..errors import StoreUnavailable
 from .store import FileLock, FileStore
 
 USAGE_FIELDS = ("requests", "errors", "input_tokens", "output_tokens", "credits")
+HELD = ("disabled", "suspended", "invalid")  # states only an operator or a new login ends
+HEALTH_RETRIES = 20  # optimistic Redis transactions tried before giving up on a busy key
 INFLIGHT_TTL = 10.0  # seconds a worker's published in-flight count stays valid without renewal
 ACTIVITY_KEEP = 3 * 3600  # seconds of per-minute activity kept
 DAY_KEEP = 3 * 86400
@@ -62,6 +67,78 @@ class Deltas:
         return bool(self.usage or self.activity)
 
 
+@dataclass(frozen=True)
+class HealthChange:
+    """One change to an account's health, applied against the stored record by `apply_change`.
+
+    kind: "set" (an operator's disable/enable), "rest" (cooling or exhausted until `until`),
+    "out" (suspended or invalid: no end by itself), "failure" (a 5xx or connection error: a rest
+    once `threshold` come in a row), "success" (the failures in a row start again), "reset"
+    (GetUsageLimits' reset date for an exhausted account).
+    """
+
+    kind: str
+    state: str = ""
+    until: float | None = None
+    reason: str = ""
+    last_error: str = ""
+    login: str = ""  # the login identity the worker knows (login_identity), "" if unknown
+    threshold: int = 1
+
+
+def apply_change(current: dict, change: HealthChange) -> dict:
+    """The stored health after `change`. The one place of the rules: a rest never replaces a
+    state only an operator or a new login ends, nor shortens a later rest; success touches only
+    the failures count."""
+    health = dict(current)
+    kind = change.kind
+    if kind == "success":
+        health["failures"] = 0
+        return health
+    if kind == "set":
+        health.update(state=change.state, until=change.until, reason=change.reason, failures=0)
+        health.pop("login", None)
+        return health
+    if kind == "reset":
+        if health.get("state") == "exhausted":
+            health["until"] = change.until
+        return health
+    if change.last_error:
+        health["last_error"] = change.last_error
+    if kind == "failure":
+        failures = int(health.get("failures") or 0) + 1
+        if failures < change.threshold:
+            health["failures"] = failures
+            return health
+        kind = "rest"
+    health["failures"] = 0
+    state = health.get("state") or "active"
+    if state == "invalid" and change.login and health.get("login") != change.login:
+        state = "active"  # marked for a login that has since been replaced
+    if kind == "out":
+        if state != "disabled":  # the operator's word stands
+            health.update(state=change.state, until=None, reason=change.reason, login=change.login)
+        return health
+    if state in HELD:
+        return health
+    until = health.get("until")
+    if state in ("cooling", "exhausted") and isinstance(until, (int, float)) and \
+            change.until is not None and until > change.until:
+        return health  # a longer rest is under way
+    health.update(state=change.state, until=change.until, reason=change.reason)
+    return health
+
+
+def login_identity(record: dict) -> str:
+    """What only a new login changes (a refresh that rotates the token is as good as one):
+    a hash of the client id and refresh token, never the secret itself. "" without a login."""
+    refresh_token = record.get("refreshToken")
+    if not isinstance(refresh_token, str) or not refresh_token:
+        return ""
+    text = f"{record.get('clientId') or ''}\n{refresh_token}"
+    return hashlib.sha256(text.encode("utf-8", "replace")).hexdigest()[:24]
+
+
 @dataclass
 class Snapshot:
     """What a sync reads back."""
@@ -69,14 +146,15 @@ class Snapshot:
     accounts: list[str]  # names that hold a login in the store
     health: dict[str, dict]  # account -> stored health (state, until, reason, failures, ...)
     inflight: dict[str, int]  # account -> streams in flight on every worker and instance
-    versions: dict[str, int]  # account -> login record version
+    logins: dict[str, str]  # account -> login identity (login_identity)
 
 
 class PoolState(Protocol):
     def sync(self, names: list[str], deltas: Deltas, inflight: dict[str, int], worker: str,
              now: float) -> Snapshot: ...
 
-    def set_health(self, account: str, health: dict) -> None: ...
+    def change_health(self, account: str, change: HealthChange) -> dict:
+        """Apply `change` atomically to the stored health; returns the health now stored."""
 
     def forget(self, account: str) -> None: ...
 
@@ -175,10 +253,14 @@ class FilePoolState:
                                if expires >= now) for account in names}
         accounts = self.store.accounts()
         return Snapshot(accounts=accounts, health=dict(data.get("health", {})), inflight=totals,
-                        versions={account: self.store.version(account) for account in accounts})
+                        logins={account: login_identity(self.store.load(account)) for account in accounts})
 
-    def set_health(self, account: str, health: dict) -> None:
-        self._update(lambda data: data.setdefault("health", {}).__setitem__(account, dict(health)))
+    def change_health(self, account: str, change: HealthChange) -> dict:
+        def apply(data: dict) -> None:
+            table = data.setdefault("health", {})
+            table[account] = apply_change(table.get(account) or {}, change)
+
+        return dict(self._update(apply)["health"][account])
 
     def forget(self, account: str) -> None:
         def change(data: dict) -> None:
@@ -202,6 +284,7 @@ class RedisPoolState:
         import redis  # only when Redis is used
 
         self._redis_error = redis.RedisError
+        self._watch_error = redis.WatchError
         self.store = store
         self.client = store.client
 
@@ -237,16 +320,16 @@ class RedisPoolState:
         for account in names:
             pipe.hgetall(self._key("health", account))
             pipe.hgetall(self._key("inflight", account))
-            pipe.hget(self._key("login", account), "version")
+            pipe.hget(self._key("login", account), "record")
         try:
             results = pipe.execute()
         except self._redis_error as exc:
             raise self._unavailable(exc) from None
         tail = results[len(results) - 1 - 3 * len(names):]
         accounts = sorted(_text(name) for name in tail[0])
-        health, totals, versions, stale = {}, {}, {}, []
+        health, totals, logins, stale = {}, {}, {}, []
         for index, account in enumerate(names):
-            raw_health, raw_flights, version = tail[1 + 3 * index: 4 + 3 * index]
+            raw_health, raw_flights, login = tail[1 + 3 * index: 4 + 3 * index]
             if raw_health:
                 health[account] = _health_from_hash(raw_health)
             total = 0
@@ -257,24 +340,36 @@ class RedisPoolState:
                 else:
                     stale.append((account, owner))
             totals[account] = total
-            versions[account] = int(version or 0)
+            logins[account] = _identity_of(login)
         if stale:
             with contextlib.suppress(self._redis_error):
                 pipe = self.client.pipeline(transaction=False)
                 for account, owner in stale:
                     pipe.hdel(self._key("inflight", account), owner)
                 pipe.execute()
-        return Snapshot(accounts=accounts, health=health, inflight=totals, versions=versions)
+        return Snapshot(accounts=accounts, health=health, inflight=totals, logins=logins)
 
-    def set_health(self, account: str, health: dict) -> None:
+    def change_health(self, account: str, change: HealthChange) -> dict:
+        """WATCH the health hash, apply the rules to what it holds, write it in MULTI/EXEC: a
+        change by anyone in between makes EXEC fail and the change is applied again."""
         key = self._key("health", account)
         try:
-            pipe = self.client.pipeline(transaction=True)
-            pipe.delete(key)
-            pipe.hset(key, mapping={name: json.dumps(value) for name, value in health.items()})
-            pipe.execute()
+            with self.client.pipeline(transaction=True) as pipe:
+                for _ in range(HEALTH_RETRIES):
+                    try:
+                        pipe.watch(key)
+                        health = apply_change(_health_from_hash(pipe.hgetall(key)), change)
+                        pipe.multi()
+                        pipe.delete(key)
+                        if health:
+                            pipe.hset(key, mapping={name: json.dumps(value) for name, value in health.items()})
+                        pipe.execute()
+                        return health
+                    except self._watch_error:
+                        continue
         except self._redis_error as exc:
             raise self._unavailable(exc) from None
+        raise StoreUnavailable(f"account {account}: its health changed too often to be written; try again")
 
     def forget(self, account: str) -> None:
         try:
@@ -308,6 +403,17 @@ class RedisPoolState:
 
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _identity_of(raw) -> str:
+    """login_identity of a stored login record (the JSON Redis keeps)."""
+    if not raw:
+        return ""
+    try:
+        record = json.loads(_text(raw))
+    except ValueError:
+        return ""
+    return login_identity(record) if isinstance(record, dict) else ""
 
 
 def _health_from_hash(raw: dict) -> dict:
