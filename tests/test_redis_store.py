@@ -356,3 +356,16 @@ def test_refresh_killed_at_random_points_on_redis_then_a_restart_still_works(tmp
         outcomes.append((point, where, "lost" if lost else "kept"))
     print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
     assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://user:hunter2@host/0", "redis://user:***@host/0"),
+    ("redis://host:6379/0?password=hunter2", "redis://host:6379/0?password=***"),
+    ("rediss://user@host/1?username=u&password=hunter2&ssl_cert_reqs=none",
+     "rediss://user@host/1?username=u&password=***&ssl_cert_reqs=none"),
+    ("redis://host/0?PASSWORD=hunter2", "redis://host/0?PASSWORD=***"),
+    ("redis://host:6379/0", "redis://host:6379/0"),
+])
+def test_redact_hides_passwords_in_the_authority_and_the_query_string(url, expected):
+    assert redact(url) == expected and "hunter2" not in redact(url)

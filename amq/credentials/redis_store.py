@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
 from urllib.parse import urlsplit, urlunsplit
 
@@ -52,16 +53,23 @@ return current + 1
 """
 
 
+_QUERY_PASSWORD = re.compile(r"((?:^|[&;])password=)[^&;]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password (safe for logs and `status`)."""
+    """The URL without its password (safe for logs and `status`): the one after the user name
+    and a `password=` in the query string, which redis-py accepts too."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _unavailable(exc: Exception, location: str) -> StoreUnavailable:
