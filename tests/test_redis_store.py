@@ -369,3 +369,74 @@ def test_refresh_killed_at_random_points_on_redis_then_a_restart_still_works(tmp
 ])
 def test_redact_hides_passwords_in_the_authority_and_the_query_string(url, expected):
     assert redact(url) == expected and "hunter2" not in redact(url)
+
+
+def _requests_counted(client, prefix: str) -> int:
+    return sum(int(client.hget(key, "requests") or 0) for key in client.keys(prefix + "activity:*"))
+
+
+def test_a_stalled_redis_fails_fast_after_one_timeout_and_recovers_after_it_resumes(tmp_path, fake, prefix):
+    """SIGSTOP: the server accepts connections but answers nothing (a hung or overloaded Redis)."""
+    with RedisServer(tmp_path / "r") as server:
+        store = RedisStore.from_settings(settings_for(server.url, fake, prefix))
+        assert store.version() == 0
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.version()
+            assert time.monotonic() - started < 1.0  # one short socket timeout, not retried
+            for _ in range(20):  # then at once, while the breaker is open
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    store.load()
+                assert time.monotonic() - started < 0.05
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert store.version() == 0
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not recover after Redis resumed"
+                time.sleep(0.1)
+
+
+def test_requests_served_from_memory_stay_fast_while_redis_is_stalled(tmp_path, fake, prefix):
+    from tests.support import AmqServer
+
+    with RedisServer(tmp_path / "r") as server:
+        seed_login(RedisStore(server.client(), prefix=prefix), fake)
+        env = {"HOME": str(tmp_path), "REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
+               "AMAZONQ_API_ENDPOINT": fake.url, "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+               "AMAZONQ_TOKEN_CACHE": str(tmp_path / "never-used.json"), "AMAZONQ_POOL_SYNC_INTERVAL": "0.2"}
+        amq = AmqServer(env, tmp_path / "amq.log")
+
+        def post(text: str) -> float:
+            started = time.monotonic()
+            answer = requests.post(amq.url + "/v1/messages", timeout=30, json={
+                "model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+            assert answer.status_code == 200, answer.text
+            return time.monotonic() - started
+
+        try:
+            post("warm up")  # the access token is now in memory
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                stalled_until = time.monotonic() + 4
+                durations = []
+                while time.monotonic() < stalled_until:
+                    durations.append(post(f"stalled {len(durations)}"))
+                    time.sleep(0.1)
+                assert len(durations) >= 4 and max(durations) < 1.0, durations
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            before = _requests_counted(server.client(), prefix)
+            deadline = time.monotonic() + 40
+            while _requests_counted(server.client(), prefix) <= before:  # its syncs reach Redis again
+                assert time.monotonic() < deadline, "amq did not write to Redis again after it resumed"
+                post("resumed")
+                time.sleep(0.3)
+        finally:
+            amq.stop()
