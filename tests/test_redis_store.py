@@ -440,3 +440,34 @@ def test_requests_served_from_memory_stay_fast_while_redis_is_stalled(tmp_path, 
                 time.sleep(0.3)
         finally:
             amq.stop()
+
+
+def test_copy_login_refuses_when_the_destination_changes_while_it_copies(tmp_path, fake, redis_server, prefix,
+                                                                         monkeypatch):
+    """A running instance refreshes (rotates the token in Redis) between copy-login's read of the
+    destination and its write: the copy must not put the old token back."""
+    from amq.credentials.store import FileStore
+
+    files = FileStore(str(tmp_path / "store.json"))
+    login = {"clientId": fake.client_id, "clientSecret": fake.client_secret,
+             "refreshToken": fake.refresh_token, "source": "login", "seed": ""}
+    files.replace_login(login)
+    in_redis = RedisStore(redis_server.client(), prefix=prefix)
+    in_redis.replace_login(login)  # both hold the same login: the copy needs no --force
+    real_load, calls = RedisStore.load, []
+
+    def load_then_a_refresh_elsewhere(self, account="default"):
+        stored = real_load(self, account)
+        if not calls:
+            calls.append(account)
+            RedisStore(redis_server.client(), prefix=prefix).save(dict(login, refreshToken="rotated"), account)
+        return stored
+
+    app = create_app({"AMAZONQ_TOKEN_CACHE": str(tmp_path / "store.json"), "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+                      "AMAZONQ_API_ENDPOINT": fake.url, "REDIS_URL": redis_server.url,
+                      "REDIS_KEY_PREFIX": prefix}, require_credentials=False)
+    monkeypatch.setattr(RedisStore, "load", load_then_a_refresh_elsewhere)  # from here on: the command
+    copied = app.test_cli_runner().invoke(args=["copy-login", "--to", "redis"])
+    assert calls
+    assert real_load(in_redis)["refreshToken"] == "rotated"
+    assert copied.exit_code != 0 and "changed while" in copied.output and "nothing was copied" in copied.output
