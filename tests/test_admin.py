@@ -167,6 +167,27 @@ def test_logout_ends_the_session(admin_app):
     assert client.get("/admin/api/accounts").status_code == 401
 
 
+def test_a_session_made_under_one_key_is_refused_after_the_key_changes(admin_app, fake_q, tmp_path):
+    """Changing ADMIN_KEY (and restarting) revokes every session: the cookie carries an HMAC of
+    the key it was made under, checked on every request."""
+    client = admin_app.test_client()
+    log_in(client)
+    assert client.get("/admin/api/accounts").status_code == 200
+    cookie = client.get_cookie("amq_admin", path="/admin")
+    same = create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", **admin_settings()),
+                      require_credentials=True).test_client()
+    same.set_cookie("amq_admin", cookie.value, path="/admin")
+    assert same.get("/admin/api/accounts").status_code == 200  # the same key: still valid
+    changed = create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING",
+                                    **admin_settings(ADMIN_KEY="a-brand-new-admin-key-0123")),
+                         require_credentials=True).test_client()
+    changed.set_cookie("amq_admin", cookie.value, path="/admin")
+    assert changed.get("/admin/api/accounts").status_code == 401
+    page = changed.get("/admin/")
+    assert page.status_code == 302 and page.headers["Location"].endswith("/admin/login")
+    assert changed.get("/admin/login").status_code == 200  # the login form, not a redirect to the page
+
+
 def test_device_login_from_the_page_stores_the_account(fake_q, store):
     fake_q.device_interval = 1
     logins = PendingLogins(store, lambda region: OidcClient(fake_q.url, requests.Session()))

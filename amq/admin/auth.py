@@ -1,7 +1,8 @@
 """Who may open the admin page: the key, the signed session cookie, CSRF tokens, the slowdown.
 
 The session is Flask's signed cookie (ADMIN_SECRET signs it; it holds only a flag, the login
-time and the CSRF token, never the key). Cookies are HttpOnly and SameSite=Strict, and Secure
+time, an HMAC of the key it was made under (so a new ADMIN_KEY revokes it) and the CSRF token,
+never the key). Cookies are HttpOnly and SameSite=Strict, and Secure
 when the request came over https: directly, or through a router that says so in
 X-Forwarded-Proto (trusted: a client that forges it only gets a cookie its browser keeps off
 plain http).
@@ -9,6 +10,7 @@ plain http).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import hmac
 import logging
 import secrets
@@ -27,6 +29,20 @@ CSRF_HEADER = "X-CSRF-Token"
 def key_matches(presented: str, key: str) -> bool:
     """Constant-time comparison (of the UTF-8 bytes: compare_digest refuses non-ASCII str)."""
     return hmac.compare_digest(presented.encode(), key.encode())
+
+
+def key_mark(key: str, secret: str) -> str:
+    """What the session holds of the key it was made under: an HMAC keyed with ADMIN_SECRET
+    (the key itself never goes into the cookie). A new ADMIN_KEY makes every older session's
+    mark wrong, so changing the key revokes them all."""
+    return hmac.new(secret.encode(), b"amq admin key\0" + key.encode(), hashlib.sha256).hexdigest()
+
+
+def signed_in(key: str, secret: str) -> bool:
+    """Whether this request's session was made by a login with the current key."""
+    mark = session.get("key")
+    return bool(session.get("admin")) and isinstance(mark, str) and hmac.compare_digest(
+        mark.encode(), key_mark(key, secret).encode())
 
 
 def is_https(req: Request) -> bool:
