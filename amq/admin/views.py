@@ -8,6 +8,7 @@ the accounts come from the pool's summaries, which have none, and only their nam
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -123,14 +124,16 @@ def login():
     if request.method == "GET":
         return redirect(url_for("admin.accounts")) if _signed_in() else render_template("admin/login.html")
     admin, client = _admin(), request.remote_addr or "-"
-    wait = admin.throttle.wait(client)
-    if wait > 0:
-        return render_template("admin/login.html", error=f"Too many wrong keys: try again in {wait:.0f} s."), 429
+    # The try is counted before the key is compared (one atomic step): parallel wrong keys
+    # cannot all pass while the wait is 0.
+    allowed, delay = admin.throttle.attempt(client)
+    if not allowed:
+        return render_template("admin/login.html",
+                               error=f"Too many wrong keys: try again in {math.ceil(delay)} s."), 429
     if not key_matches(request.form.get("key", ""), admin.settings.admin_key):
-        delay = admin.throttle.failed(client)
         current_app.logger.warning("admin page: wrong key from %s", client)
         return render_template("admin/login.html",
-                               error=f"Wrong key. The next try is possible in {delay:.0f} s."), 401
+                               error=f"Wrong key. The next try is possible in {math.ceil(delay)} s."), 401
     admin.throttle.succeeded(client)
     session.clear()
     session.permanent = True
