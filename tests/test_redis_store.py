@@ -471,3 +471,54 @@ def test_copy_login_refuses_when_the_destination_changes_while_it_copies(tmp_pat
     assert calls
     assert real_load(in_redis)["refreshToken"] == "rotated"
     assert copied.exit_code != 0 and "changed while" in copied.output and "nothing was copied" in copied.output
+
+
+def test_the_breaker_backs_off_doubling_to_its_cap_lets_one_trial_through_and_closes_on_success():
+    import redis
+
+    from amq.credentials.redis_store import Breaker
+
+    now = [0.0]
+    breaker = Breaker(clock=lambda: now[0], first=1.0, most=4.0, slow=0.2)
+
+    def stalls():
+        now[0] += 0.5  # a socket timeout
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def refused():
+        raise redis.ConnectionError("Connection refused")
+
+    for _ in range(3):  # a refused connection costs nothing: it never opens the breaker
+        with pytest.raises(redis.ConnectionError, match="refused"):
+            breaker.call(refused)
+    ran = []  # when a stalled call really went to Redis; every other call failed at once
+
+    def stalls_and_logs():
+        ran.append(now[0])
+        stalls()
+
+    while len(ran) < 5:
+        before = now[0]
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)) as info:
+            breaker.call(stalls_and_logs)
+        if isinstance(info.value, redis.ConnectionError):
+            assert "failing fast" in str(info.value) and now[0] == before
+        now[0] += 0.25
+    waits = [round(b - (a + 0.5), 2) for a, b in zip(ran, ran[1:], strict=False)]
+    assert waits == [1.0, 2.0, 4.0, 4.0]
+    with pytest.raises(redis.ConnectionError, match="failing fast"):
+        breaker.call(lambda: "answer")
+    now[0] = ran[-1] + 0.5 + 4.0  # the back-off is over: one trial goes through
+    assert breaker.call(lambda: "answer") == "answer"  # and succeeds: closed
+    assert breaker.call(lambda: "again") == "again"
+    now[0] += 100.0
+    with pytest.raises(redis.TimeoutError):
+        breaker.call(stalls)  # opens it again
+    now[0] += 100.0
+
+    def trial_while_another_call_comes():
+        with pytest.raises(redis.ConnectionError, match="failing fast"):
+            breaker.call(lambda: "meanwhile")  # only one trial at a time
+        return "trial"
+
+    assert breaker.call(trial_while_another_call_comes) == "trial"
