@@ -83,6 +83,9 @@ def test_with_the_admin_page_amq_starts_without_any_login(fake_q, tmp_path, monk
     settings = app_config(fake_q, tmp_path, **admin_settings())
     import app as app_module
 
+    # check_settings() marks the process as checked (as in the gunicorn master); undo it after
+    # this test, or later create_app() calls would not stop on a bad REDIS_URL.
+    monkeypatch.setattr(app_module, "_store_checked", False)
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     app_module.check_settings()  # no SystemExit
