@@ -17,7 +17,7 @@ from .config import DEFAULT_REGION, ConfigError, Settings, oidc_url
 from .credentials.importer import ImportFailed, find_login
 from .credentials.login import BUILDER_ID_START_URL, LoginError, OidcClient, device_login
 from .credentials.record import DEFAULT_ACCOUNT, iso_time, stored_token, without_version
-from .credentials.store import CredentialStore, check_account, open_file_store, open_store
+from .credentials.store import CredentialStore, LockTimeout, StaleWrite, check_account, open_file_store, open_store
 from .errors import ProxyError
 
 
@@ -318,11 +318,21 @@ def copy_command(target: str, account: str, force: bool):
         record = without_version(source.load(account))
         if not record.get("refreshToken"):
             raise click.ClickException(f"{_where(source, account)} holds no login to copy.")
-        existing = destination.load(account)
-        if existing.get("refreshToken") not in (None, record["refreshToken"]) and not force:
-            raise click.ClickException(f"{_where(destination, account)} already holds another login; "
-                                       "--force replaces it.")
-        destination.replace_login(record, account)
+        # Compare and write under the destination's lock, fenced by the version compared: a
+        # refresh by a running amq in between must not get its rotated token overwritten.
+        with destination.lock(account):
+            existing = destination.load(account)
+            if existing.get("refreshToken") not in (None, record["refreshToken"]) and not force:
+                raise click.ClickException(f"{_where(destination, account)} already holds another login; "
+                                           "--force replaces it.")
+            destination.save(record, account, expected_version=int(existing.get("version") or 0))
+    except StaleWrite:
+        raise click.ClickException(f"{_where(destination, account)} changed while copy-login was copying "
+                                   "(a running amq refreshed it?); nothing was copied. Run copy-login "
+                                   "again to compare with the new login.") from None
+    except LockTimeout as exc:
+        raise click.ClickException(f"{_where(destination, account)} is busy ({exc}); nothing was "
+                                   "copied. Try again.") from None
     except (ProxyError, ValueError) as exc:
         raise click.ClickException(getattr(exc, "message", str(exc))) from None
     click.echo(f"Copied the login of account {account} from {_where(source, account)} to "

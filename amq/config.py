@@ -98,11 +98,13 @@ DEFAULTS: dict[str, str] = {
     "AMAZONQ_USAGE_POLL_INTERVAL": "300",
     # Seconds between a worker's reads of the shared account health (one store round trip).
     "AMAZONQ_POOL_SYNC_INTERVAL": "1",
-    # Empty: no admin page (/admin answers 404). Set: the key that opens /admin in a browser.
+    # Empty: no admin page (/admin answers 404). Set: the key that opens /admin in a browser
+    # (at least ADMIN_KEY_MIN_LENGTH characters: the slowdown is no defence for a short key).
     "ADMIN_KEY": "",
     # Signs the admin page's session cookie; required when ADMIN_KEY is set (a long random string).
     "ADMIN_SECRET": "",
 }
+ADMIN_KEY_MIN_LENGTH = 16
 STRATEGIES = ("round-robin", "least-busy", "priority", "quota")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
@@ -241,6 +243,9 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
     for key in ("AMAZONQ_API_ENDPOINT", "AMAZONQ_TOKEN_ENDPOINT"):
         if values[key] and not values[key].startswith(("http://", "https://")):
             raise ConfigError(f"{key} must be an http(s) URL, got '{values[key]}'")
+    if values["ADMIN_KEY"] and len(values["ADMIN_KEY"]) < ADMIN_KEY_MIN_LENGTH:
+        raise ConfigError(f"ADMIN_KEY must be at least {ADMIN_KEY_MIN_LENGTH} characters long (it is "
+                          f"{len(values['ADMIN_KEY'])}); use a long random string")
     if values["ADMIN_KEY"] and not values["ADMIN_SECRET"]:
         raise ConfigError("ADMIN_SECRET must be set when ADMIN_KEY is set (it signs the admin page's "
                           "session cookie; use a long random string)")

@@ -53,14 +53,28 @@ def test_closed_without_admin_key(fake_q, tmp_path):
 
 def test_admin_key_without_secret_stops_start_up(fake_q, tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="ADMIN_SECRET must be set when ADMIN_KEY is set"):
-        create_app(app_config(fake_q, tmp_path, ADMIN_KEY="k"))
+        create_app(app_config(fake_q, tmp_path, ADMIN_KEY=ADMIN_KEY))
     import app as app_module
 
-    for key, value in app_config(fake_q, tmp_path, ADMIN_KEY="k").items():
+    for key, value in app_config(fake_q, tmp_path, ADMIN_KEY=ADMIN_KEY).items():
         monkeypatch.setenv(key, value)
     with pytest.raises(SystemExit) as stopped:
         app_module.check_settings()
     assert "\n" not in str(stopped.value.code) and "ADMIN_SECRET" in str(stopped.value.code)
+
+
+def test_a_short_admin_key_stops_start_up_in_one_line(fake_q, tmp_path, monkeypatch):
+    with pytest.raises(SystemExit, match="ADMIN_KEY must be at least 16 characters"):
+        create_app(app_config(fake_q, tmp_path, **admin_settings(ADMIN_KEY="short-key-15chr")))
+    import app as app_module
+
+    for key, value in app_config(fake_q, tmp_path, **admin_settings(ADMIN_KEY="k" * 15)).items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(SystemExit) as stopped:
+        app_module.check_settings()
+    assert "\n" not in str(stopped.value.code) and "ADMIN_KEY" in str(stopped.value.code)
+    assert "k" * 15 not in str(stopped.value.code)
+    create_app(app_config(fake_q, tmp_path, **admin_settings(ADMIN_KEY="k" * 16)))  # 16 will do
 
 
 def test_with_the_admin_page_amq_starts_without_any_login(fake_q, tmp_path, monkeypatch, caplog):
@@ -69,6 +83,9 @@ def test_with_the_admin_page_amq_starts_without_any_login(fake_q, tmp_path, monk
     settings = app_config(fake_q, tmp_path, **admin_settings())
     import app as app_module
 
+    # check_settings() marks the process as checked (as in the gunicorn master); undo it after
+    # this test, or later create_app() calls would not stop on a bad REDIS_URL.
+    monkeypatch.setattr(app_module, "_store_checked", False)
     for key, value in settings.items():
         monkeypatch.setenv(key, value)
     app_module.check_settings()  # no SystemExit
@@ -116,11 +133,63 @@ def test_wrong_key_is_refused_then_slowed_down(admin_app):
 def test_throttle_doubles_the_wait_and_forgets_after_success():
     now = [100.0]
     throttle = LoginThrottle(clock=lambda: now[0], first=1.0, most=8.0)
-    assert throttle.wait("a") == 0
-    assert [throttle.failed("a") for _ in range(5)] == [1.0, 2.0, 4.0, 8.0, 8.0]
-    assert throttle.wait("a") == 8.0 and throttle.wait("b") == 0
+    delays = []
+    for _ in range(5):
+        allowed, delay = throttle.attempt("a")  # counted before the key is even compared
+        assert allowed
+        delays.append(delay)
+        assert throttle.attempt("a") == (False, delay)  # within the wait: refused, not counted
+        now[0] += delay
+    assert delays == [1.0, 2.0, 4.0, 8.0, 8.0]
+    assert throttle.attempt("b") == (True, 1.0)
     throttle.succeeded("a")
-    assert throttle.wait("a") == 0 and throttle.failed("a") == 1.0
+    assert throttle.attempt("a") == (True, 1.0)
+
+
+def _parallel_wrong_keys(app, monkeypatch, count: int = 30) -> list[int]:
+    """`count` clients send a wrong key at the same moment; the key compare is slow (it yields),
+    as a Redis round trip is. Returns the statuses; asserts how many keys were compared."""
+    import threading
+
+    from amq.admin import views
+
+    compared, real = [], views.key_matches
+
+    def slow_compare(presented, key):
+        compared.append(presented)
+        time.sleep(0.05)
+        return real(presented, key)
+
+    monkeypatch.setattr(views, "key_matches", slow_compare)
+    clients = [app.test_client() for _ in range(count)]
+    tokens = [csrf_of(client.get("/admin/login").text) for client in clients]
+    start, statuses = threading.Barrier(count), []
+
+    def attempt(client, token):
+        start.wait()
+        statuses.append(client.post("/admin/login", data={"key": "wrong-" + token, "csrf_token": token}).status_code)
+
+    threads = [threading.Thread(target=attempt, args=pair) for pair in zip(clients, tokens, strict=True)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(compared) == 1, f"{len(compared)} wrong keys were compared within one slowdown window"
+    return statuses
+
+
+def test_parallel_wrong_keys_get_one_compare_per_slowdown_window(admin_app, monkeypatch):
+    statuses = _parallel_wrong_keys(admin_app, monkeypatch)
+    assert sorted(statuses) == [401] + [429] * (len(statuses) - 1)
+
+
+def test_parallel_wrong_keys_with_redis_get_one_compare_per_slowdown_window(fake_q, tmp_path, monkeypatch):
+    from tests.redis_server import RedisServer
+
+    with RedisServer(tmp_path / "redis") as server:
+        settings = app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", REDIS_URL=server.url, **admin_settings())
+        statuses = _parallel_wrong_keys(create_app(settings, require_credentials=False), monkeypatch)
+        assert sorted(statuses) == [401] + [429] * (len(statuses) - 1)
 
 
 def test_key_compare():
@@ -165,6 +234,27 @@ def test_logout_ends_the_session(admin_app):
     token = csrf_of(client.get("/admin/").text)
     assert client.post("/admin/logout", data={"csrf_token": token}).status_code == 302
     assert client.get("/admin/api/accounts").status_code == 401
+
+
+def test_a_session_made_under_one_key_is_refused_after_the_key_changes(admin_app, fake_q, tmp_path):
+    """Changing ADMIN_KEY (and restarting) revokes every session: the cookie carries an HMAC of
+    the key it was made under, checked on every request."""
+    client = admin_app.test_client()
+    log_in(client)
+    assert client.get("/admin/api/accounts").status_code == 200
+    cookie = client.get_cookie("amq_admin", path="/admin")
+    same = create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING", **admin_settings()),
+                      require_credentials=True).test_client()
+    same.set_cookie("amq_admin", cookie.value, path="/admin")
+    assert same.get("/admin/api/accounts").status_code == 200  # the same key: still valid
+    changed = create_app(app_config(fake_q, tmp_path, LOG_LEVEL="WARNING",
+                                    **admin_settings(ADMIN_KEY="a-brand-new-admin-key-0123")),
+                         require_credentials=True).test_client()
+    changed.set_cookie("amq_admin", cookie.value, path="/admin")
+    assert changed.get("/admin/api/accounts").status_code == 401
+    page = changed.get("/admin/")
+    assert page.status_code == 302 and page.headers["Location"].endswith("/admin/login")
+    assert changed.get("/admin/login").status_code == 200  # the login form, not a redirect to the page
 
 
 def test_device_login_from_the_page_stores_the_account(fake_q, store):
@@ -215,15 +305,22 @@ def test_shared_slowdown_falls_back_to_the_process_when_redis_is_down():
 
     from amq.admin.auth import RedisLoginThrottle
 
+    def fail(*args, **kwargs):
+        raise redis.ConnectionError("Connection refused")
+
     class Down:
+        def register_script(self, script):
+            return fail  # a Script object makes no call until it is run
+
         def __getattr__(self, name):
-            def fail(*args, **kwargs):
-                raise redis.ConnectionError("Connection refused")
             return fail
 
+    now = [100.0]
     throttle = RedisLoginThrottle(Down(), "amq:admin:")
-    assert throttle.wait("a") == 0
-    assert throttle.failed("a") == 1.0 and throttle.failed("a") == 2.0
-    assert throttle.wait("a") > 1.0
+    throttle.local.clock = lambda: now[0]
+    assert throttle.attempt("a") == (True, 1.0)
+    assert throttle.attempt("a") == (False, 1.0)
+    now[0] += 1.0
+    assert throttle.attempt("a") == (True, 2.0)
     throttle.succeeded("a")
-    assert throttle.wait("a") == 0
+    assert throttle.attempt("a") == (True, 1.0)

@@ -356,3 +356,169 @@ def test_refresh_killed_at_random_points_on_redis_then_a_restart_still_works(tmp
         outcomes.append((point, where, "lost" if lost else "kept"))
     print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
     assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("redis://:hunter2@host:6379/0", "redis://:***@host:6379/0"),
+    ("redis://user:hunter2@host/0", "redis://user:***@host/0"),
+    ("redis://host:6379/0?password=hunter2", "redis://host:6379/0?password=***"),
+    ("rediss://user@host/1?username=u&password=hunter2&ssl_cert_reqs=none",
+     "rediss://user@host/1?username=u&password=***&ssl_cert_reqs=none"),
+    ("redis://host/0?PASSWORD=hunter2", "redis://host/0?PASSWORD=***"),
+    ("redis://host:6379/0", "redis://host:6379/0"),
+])
+def test_redact_hides_passwords_in_the_authority_and_the_query_string(url, expected):
+    assert redact(url) == expected and "hunter2" not in redact(url)
+
+
+def _requests_counted(client, prefix: str) -> int:
+    return sum(int(client.hget(key, "requests") or 0) for key in client.keys(prefix + "activity:*"))
+
+
+def test_a_stalled_redis_fails_fast_after_one_timeout_and_recovers_after_it_resumes(tmp_path, fake, prefix):
+    """SIGSTOP: the server accepts connections but answers nothing (a hung or overloaded Redis)."""
+    with RedisServer(tmp_path / "r") as server:
+        store = RedisStore.from_settings(settings_for(server.url, fake, prefix))
+        assert store.version() == 0
+        os.kill(server.process.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailable):
+                store.version()
+            assert time.monotonic() - started < 1.0  # one short socket timeout, not retried
+            for _ in range(20):  # then at once, while the breaker is open
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    store.load()
+                assert time.monotonic() - started < 0.05
+        finally:
+            os.kill(server.process.pid, signal.SIGCONT)
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                assert store.version() == 0
+                break
+            except StoreUnavailable:
+                assert time.monotonic() < deadline, "the store did not recover after Redis resumed"
+                time.sleep(0.1)
+
+
+def test_requests_served_from_memory_stay_fast_while_redis_is_stalled(tmp_path, fake, prefix):
+    from tests.support import AmqServer
+
+    with RedisServer(tmp_path / "r") as server:
+        seed_login(RedisStore(server.client(), prefix=prefix), fake)
+        env = {"HOME": str(tmp_path), "REDIS_URL": server.url, "REDIS_KEY_PREFIX": prefix,
+               "AMAZONQ_API_ENDPOINT": fake.url, "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+               "AMAZONQ_TOKEN_CACHE": str(tmp_path / "never-used.json"), "AMAZONQ_POOL_SYNC_INTERVAL": "0.2"}
+        amq = AmqServer(env, tmp_path / "amq.log")
+
+        def post(text: str) -> float:
+            started = time.monotonic()
+            answer = requests.post(amq.url + "/v1/messages", timeout=30, json={
+                "model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": text}]})
+            assert answer.status_code == 200, answer.text
+            return time.monotonic() - started
+
+        try:
+            post("warm up")  # the access token is now in memory
+            os.kill(server.process.pid, signal.SIGSTOP)
+            try:
+                stalled_until = time.monotonic() + 4
+                durations = []
+                while time.monotonic() < stalled_until:
+                    durations.append(post(f"stalled {len(durations)}"))
+                    time.sleep(0.1)
+                assert len(durations) >= 4 and max(durations) < 1.0, durations
+            finally:
+                os.kill(server.process.pid, signal.SIGCONT)
+            before = _requests_counted(server.client(), prefix)
+            deadline = time.monotonic() + 40
+            while _requests_counted(server.client(), prefix) <= before:  # its syncs reach Redis again
+                assert time.monotonic() < deadline, "amq did not write to Redis again after it resumed"
+                post("resumed")
+                time.sleep(0.3)
+        finally:
+            amq.stop()
+
+
+def test_copy_login_refuses_when_the_destination_changes_while_it_copies(tmp_path, fake, redis_server, prefix,
+                                                                         monkeypatch):
+    """A running instance refreshes (rotates the token in Redis) between copy-login's read of the
+    destination and its write: the copy must not put the old token back."""
+    from amq.credentials.store import FileStore
+
+    files = FileStore(str(tmp_path / "store.json"))
+    login = {"clientId": fake.client_id, "clientSecret": fake.client_secret,
+             "refreshToken": fake.refresh_token, "source": "login", "seed": ""}
+    files.replace_login(login)
+    in_redis = RedisStore(redis_server.client(), prefix=prefix)
+    in_redis.replace_login(login)  # both hold the same login: the copy needs no --force
+    real_load, calls = RedisStore.load, []
+
+    def load_then_a_refresh_elsewhere(self, account="default"):
+        stored = real_load(self, account)
+        if not calls:
+            calls.append(account)
+            RedisStore(redis_server.client(), prefix=prefix).save(dict(login, refreshToken="rotated"), account)
+        return stored
+
+    app = create_app({"AMAZONQ_TOKEN_CACHE": str(tmp_path / "store.json"), "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
+                      "AMAZONQ_API_ENDPOINT": fake.url, "REDIS_URL": redis_server.url,
+                      "REDIS_KEY_PREFIX": prefix}, require_credentials=False)
+    monkeypatch.setattr(RedisStore, "load", load_then_a_refresh_elsewhere)  # from here on: the command
+    copied = app.test_cli_runner().invoke(args=["copy-login", "--to", "redis"])
+    assert calls
+    assert real_load(in_redis)["refreshToken"] == "rotated"
+    assert copied.exit_code != 0 and "changed while" in copied.output and "nothing was copied" in copied.output
+
+
+def test_the_breaker_backs_off_doubling_to_its_cap_lets_one_trial_through_and_closes_on_success():
+    import redis
+
+    from amq.credentials.redis_store import Breaker
+
+    now = [0.0]
+    breaker = Breaker(clock=lambda: now[0], first=1.0, most=4.0, slow=0.2)
+
+    def stalls():
+        now[0] += 0.5  # a socket timeout
+        raise redis.TimeoutError("Timeout reading from socket")
+
+    def refused():
+        raise redis.ConnectionError("Connection refused")
+
+    for _ in range(3):  # a refused connection costs nothing: it never opens the breaker
+        with pytest.raises(redis.ConnectionError, match="refused"):
+            breaker.call(refused)
+    ran = []  # when a stalled call really went to Redis; every other call failed at once
+
+    def stalls_and_logs():
+        ran.append(now[0])
+        stalls()
+
+    while len(ran) < 5:
+        before = now[0]
+        with pytest.raises((redis.TimeoutError, redis.ConnectionError)) as info:
+            breaker.call(stalls_and_logs)
+        if isinstance(info.value, redis.ConnectionError):
+            assert "failing fast" in str(info.value) and now[0] == before
+        now[0] += 0.25
+    waits = [round(b - (a + 0.5), 2) for a, b in zip(ran, ran[1:], strict=False)]
+    assert waits == [1.0, 2.0, 4.0, 4.0]
+    with pytest.raises(redis.ConnectionError, match="failing fast"):
+        breaker.call(lambda: "answer")
+    now[0] = ran[-1] + 0.5 + 4.0  # the back-off is over: one trial goes through
+    assert breaker.call(lambda: "answer") == "answer"  # and succeeds: closed
+    assert breaker.call(lambda: "again") == "again"
+    now[0] += 100.0
+    with pytest.raises(redis.TimeoutError):
+        breaker.call(stalls)  # opens it again
+    now[0] += 100.0
+
+    def trial_while_another_call_comes():
+        with pytest.raises(redis.ConnectionError, match="failing fast"):
+            breaker.call(lambda: "meanwhile")  # only one trial at a time
+        return "trial"
+
+    assert breaker.call(trial_while_another_call_comes) == "trial"

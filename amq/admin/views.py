@@ -8,6 +8,7 @@ the accounts come from the pool's summaries, which have none, and only their nam
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -17,7 +18,16 @@ from flask import Blueprint, Flask, current_app, flash, jsonify, redirect, rende
 from ..config import DEFAULT_REGION, Settings, oidc_url
 from ..credentials.login import BUILDER_ID_START_URL, LoginError, OidcClient
 from ..credentials.pool import AccountPool, AccountSummary
-from .auth import AdminSessionInterface, LoginThrottle, RedisLoginThrottle, csrf_ok, csrf_token, key_matches
+from .auth import (
+    AdminSessionInterface,
+    LoginThrottle,
+    RedisLoginThrottle,
+    csrf_ok,
+    csrf_token,
+    key_mark,
+    key_matches,
+    signed_in,
+)
 from .logins import PendingLogins
 
 bp = Blueprint("admin", __name__, url_prefix="/admin", template_folder="templates",
@@ -78,11 +88,16 @@ def _refused(message: str, status: int):
     return render_template("admin/refused.html", message=message), status
 
 
+def _signed_in() -> bool:
+    settings = _admin().settings
+    return signed_in(settings.admin_key, settings.admin_secret)
+
+
 @bp.before_request
 def _guard():
     if request.method == "POST" and not csrf_ok(request):
         return _refused("The form's CSRF token is missing or wrong. Reload the page and try again.", 403)
-    if request.endpoint in OPEN_ENDPOINTS or session.get("admin"):
+    if request.endpoint in OPEN_ENDPOINTS or _signed_in():
         return None
     if request.path.startswith("/admin/api/"):
         return jsonify({"error": "log in first"}), 401
@@ -107,20 +122,23 @@ def _template_globals():
 @bp.route("/login", methods=["GET", "POST"])
 def login():
     if request.method == "GET":
-        return redirect(url_for("admin.accounts")) if session.get("admin") else render_template("admin/login.html")
+        return redirect(url_for("admin.accounts")) if _signed_in() else render_template("admin/login.html")
     admin, client = _admin(), request.remote_addr or "-"
-    wait = admin.throttle.wait(client)
-    if wait > 0:
-        return render_template("admin/login.html", error=f"Too many wrong keys: try again in {wait:.0f} s."), 429
+    # The try is counted before the key is compared (one atomic step): parallel wrong keys
+    # cannot all pass while the wait is 0.
+    allowed, delay = admin.throttle.attempt(client)
+    if not allowed:
+        return render_template("admin/login.html",
+                               error=f"Too many wrong keys: try again in {math.ceil(delay)} s."), 429
     if not key_matches(request.form.get("key", ""), admin.settings.admin_key):
-        delay = admin.throttle.failed(client)
         current_app.logger.warning("admin page: wrong key from %s", client)
         return render_template("admin/login.html",
-                               error=f"Wrong key. The next try is possible in {delay:.0f} s."), 401
+                               error=f"Wrong key. The next try is possible in {math.ceil(delay)} s."), 401
     admin.throttle.succeeded(client)
     session.clear()
     session.permanent = True
-    session.update(admin=True, since=time.time())
+    session.update(admin=True, since=time.time(),
+                   key=key_mark(admin.settings.admin_key, admin.settings.admin_secret))
     csrf_token()  # a fresh token for the new session
     return redirect(url_for("admin.accounts"))
 

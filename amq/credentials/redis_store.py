@@ -14,18 +14,25 @@ waiting sleeps with time.sleep, which gevent makes cooperative). A lock alone ca
 holder that paused past its TTL, so every write is fenced: one Lua script writes the record
 only if its version is still the one the writer read, and bumps it in the same step.
 
-Every Redis failure becomes StoreUnavailable (HTTP 503 for a request that needs a refresh);
-calls fail within a short socket timeout instead of hanging.
+Every Redis failure becomes StoreUnavailable (HTTP 503 for a request that needs a refresh).
+A Redis that stops answering costs one short socket timeout; then a breaker in the client
+(FailFastRedis, which every user of `store.client` goes through) makes calls fail at once with
+redis.ConnectionError for a growing back-off, so the request path never waits on it.
 """
 from __future__ import annotations
 
 import json
 import logging
+import re
 import ssl
+import threading
+import time
+from collections.abc import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
+from redis.client import Pipeline
 from redis.lock import Lock
 from redis.retry import Retry
 
@@ -36,8 +43,15 @@ from .store import LockTimeout, StaleWrite, check_account, lock_ttl
 
 logger = logging.getLogger(__name__)
 
-SOCKET_TIMEOUT = 5.0  # a Redis that does not answer fails the call within this
-CONNECT_TIMEOUT = 3.0
+# A Redis command takes about a millisecond; a Redis that does not answer must not hold a request
+# for seconds. A call fails after SOCKET_TIMEOUT without an answer (a timeout is not retried; a
+# dropped connection is retried once, at once), and then the breaker makes the calls that follow
+# fail at once for BREAKER_FIRST s, doubling per failed trial up to BREAKER_MOST s.
+SOCKET_TIMEOUT = 0.5
+CONNECT_TIMEOUT = 1.0
+BREAKER_FIRST = 1.0
+BREAKER_MOST = 30.0
+BREAKER_SLOW = 0.2  # only failures that cost this long open it: a refused connection costs nothing
 
 # KEYS: login hash, accounts set. ARGV: record JSON, expected version ("" = any), account name.
 # Returns the new version, or -1 - current version when the fence refuses the write.
@@ -52,21 +66,106 @@ return current + 1
 """
 
 
+_QUERY_PASSWORD = re.compile(r"((?:^|[&;])password=)[^&;]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
-    """The URL without its password (safe for logs and `status`)."""
+    """The URL without its password (safe for logs and `status`): the one after the user name
+    and a `password=` in the query string, which redis-py accepts too."""
     parts = urlsplit(url)
-    if parts.password is None:
+    query = _QUERY_PASSWORD.sub(r"\1***", parts.query)
+    netloc = parts.netloc
+    if parts.password is not None:
+        host = parts.hostname or ""
+        if parts.port:
+            host += f":{parts.port}"
+        netloc = (f"{parts.username}:***@" if parts.username else ":***@") + host
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    user = f"{parts.username}:***@" if parts.username else ":***@"
-    return urlunsplit((parts.scheme, user + host, parts.path, parts.query, parts.fragment))
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 def _unavailable(exc: Exception, location: str) -> StoreUnavailable:
     return StoreUnavailable(f"the credential store (Redis at {location}) is unreachable "
                             f"({type(exc).__name__}); try again when it is back")
+
+
+class Breaker:
+    """Fail fast while Redis does not answer.
+
+    After a call that failed slowly (a timeout), calls fail at once with redis.ConnectionError
+    for a back-off that starts at `first` s and doubles up to `most` s; then one call goes
+    through as a trial while the others still fail at once. Its success closes the breaker.
+    Failures that cost nothing (a refused connection) do not open it: failing fast would save
+    nothing and only delay the recovery."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, first: float = BREAKER_FIRST,
+                 most: float = BREAKER_MOST, slow: float = BREAKER_SLOW):
+        self.clock, self.first, self.most, self.slow = clock, first, most, slow
+        self._mutex = threading.Lock()  # gevent patches it; held only around the bookkeeping
+        self._failures = 0
+        self._open_until = 0.0
+        self._trial = False
+
+    def call(self, function: Callable, *args, **kwargs):
+        with self._mutex:
+            now = self.clock()
+            if self._failures and (now < self._open_until or self._trial):
+                raise redis.ConnectionError(
+                    f"Redis did not answer; failing fast for {max(0.0, self._open_until - now):.1f}s more")
+            trial = self._trial = bool(self._failures)
+        started = self.clock()
+        try:
+            result = function(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError):
+            with self._mutex:
+                if trial:
+                    self._trial = False
+                if trial or self.clock() - started >= self.slow:
+                    self._failures += 1
+                    delay = min(self.most, self.first * 2 ** (self._failures - 1))
+                    self._open_until = self.clock() + delay
+                    logger.warning("Redis did not answer in time; its calls fail at once for %.0fs", delay)
+            raise
+        except BaseException:
+            if trial:
+                with self._mutex:
+                    self._trial = False
+            raise
+        if self._failures:
+            with self._mutex:
+                self._failures, self._trial = 0, False
+            logger.info("Redis answers again")
+        return result
+
+
+class FailFastPipeline(Pipeline):
+    """redis-py's pipeline whose round trip (execute) goes through the client's breaker.
+    (WATCH, sent at once, does not: amq uses no WATCH; MULTI/EXEC pipelines and Lua instead.)"""
+
+    breaker: Breaker
+
+    def execute(self, raise_on_error: bool = True):
+        if not self.command_stack and not self.watching:
+            return super().execute(raise_on_error)
+        return self.breaker.call(super().execute, raise_on_error)
+
+
+class FailFastRedis(redis.Redis):
+    """redis.Redis with a Breaker in front of every round trip: commands, scripts, locks and
+    pipelines all come through execute_command or the pipeline's execute."""
+
+    def __init__(self, *args, breaker: Breaker | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.breaker = breaker or Breaker()
+
+    def execute_command(self, *args, **options):
+        return self.breaker.call(super().execute_command, *args, **options)
+
+    def pipeline(self, transaction: bool = True, shard_hint=None) -> FailFastPipeline:
+        pipe = FailFastPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
+        pipe.breaker = self.breaker
+        return pipe
 
 
 class RedisLock:
@@ -249,13 +348,15 @@ class RedisStore:
         return "none (no AOF, no RDB snapshots)", False
 
 
-def connect(settings: Settings) -> redis.Redis:
-    """A client for REDIS_URL with short timeouts and one quick retry (no backoff storm)."""
+def connect(settings: Settings) -> FailFastRedis:
+    """A client for REDIS_URL with short timeouts, one immediate retry of a dropped connection
+    (not of a timeout) and the fail-fast breaker."""
     options: dict = {"socket_timeout": SOCKET_TIMEOUT, "socket_connect_timeout": CONNECT_TIMEOUT,
-                     "retry": Retry(NoBackoff(), 1), "health_check_interval": 30}
+                     "retry": Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
+                     "health_check_interval": 30}
     if settings.redis_url.startswith("rediss://") and settings.redis_tls_verify == "none":
         options.update(ssl_cert_reqs=ssl.CERT_NONE, ssl_check_hostname=False)
-    return redis.Redis.from_url(settings.redis_url, **options)
+    return FailFastRedis.from_url(settings.redis_url, **options)
 
 
 def warn_if_volatile(store: RedisStore) -> None:
