@@ -142,3 +142,14 @@ def sdk_client(url: str, **options):
 
     return anthropic.Anthropic(base_url=url, **{"api_key": "sk-test", "max_retries": 0, "timeout": 30,
                                                 **options})
+
+
+def add_logins(fake: FakeQ, store, **accounts: dict) -> dict[str, str]:
+    """Store a login for each account the fake knows; returns name -> refresh token."""
+    tokens = {}
+    for name, behaviour in accounts.items():
+        tokens[name] = fake.add_account(name, **behaviour)
+        store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                             "refreshToken": tokens[name], "tokenEndpoint": fake.token_url,
+                             "source": "login"}, name)
+    return tokens

@@ -16,7 +16,7 @@ from amq.credentials.store import FileStore
 from amq.q_errors import map_upstream_error
 from app import create_app
 from tests.fakeq import FakeQ, http_error
-from tests.support import AmqServer, amq_env, sse_events
+from tests.support import AmqServer, add_logins, amq_env, sse_events
 
 BODY = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 _count = iter(range(10**9))
@@ -25,17 +25,6 @@ _count = iter(range(10**9))
 def fresh() -> dict:
     """A request of a new conversation (stickiness keeps a conversation on its account)."""
     return dict(BODY, messages=[{"role": "user", "content": f"hi #{next(_count)}"}])
-
-
-def add_logins(fake: FakeQ, store, **accounts: dict) -> dict[str, str]:
-    """Store a login for each account the fake knows; returns name -> refresh token."""
-    tokens = {}
-    for name, behaviour in accounts.items():
-        tokens[name] = fake.add_account(name, **behaviour)
-        store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                             "refreshToken": tokens[name], "tokenEndpoint": fake.token_url,
-                             "source": "login"}, name)
-    return tokens
 
 
 def pool_config(fake: FakeQ, cache: Path, **extra) -> dict:

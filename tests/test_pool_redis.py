@@ -15,7 +15,7 @@ from amq.credentials.redis_store import RedisStore
 from app import create_app
 from tests.fakeq import FakeQ, text_reply, tool_reply
 from tests.redis_server import shared_server
-from tests.support import AmqServer, sdk_client
+from tests.support import AmqServer, add_logins, sdk_client
 
 MODEL = "claude-sonnet-4-5"
 TOOLS = [{"name": "get_weather", "description": "Weather of a city.",
@@ -39,16 +39,6 @@ def env_for(fake: FakeQ, redis, prefix: str, home: Path, **extra) -> dict:
     return {"HOME": str(home), "TMPDIR": str(home), "REDIS_URL": redis.url, "REDIS_KEY_PREFIX": prefix,
             "AMAZONQ_API_ENDPOINT": fake.url, "AMAZONQ_TOKEN_CACHE": str(home / "never-used.json"),
             "LOG_LEVEL": "INFO", "AMAZONQ_POOL_SYNC_INTERVAL": "0.2", **extra}
-
-
-def add_logins(fake: FakeQ, store: RedisStore, **accounts: dict) -> dict[str, str]:
-    tokens = {}
-    for name, behaviour in accounts.items():
-        tokens[name] = fake.add_account(name, **behaviour)
-        store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                             "refreshToken": tokens[name], "tokenEndpoint": fake.token_url,
-                             "source": "login"}, name)
-    return tokens
 
 
 def post(server: AmqServer, text: str) -> requests.Response:
