@@ -93,11 +93,11 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     try:
         settings = load_settings(overrides=test_config)
         session = new_session(settings.worker_connections)
-        required = _serving() if require_credentials is None else require_credentials
+        serving = _serving() if require_credentials is None else require_credentials
         # With the admin page, an operator with no terminal (a PaaS) adds the first account there.
-        required = required and not settings.admin_key
+        required = serving and not settings.admin_key
         tokens = TokenManager.from_settings(settings, session, required=required,
-                                            store_outage_ok=_store_checked and required,
+                                            store_outage_ok=_store_checked and serving,
                                             on_refresh=metrics.record_refresh)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None
