@@ -184,6 +184,11 @@ def _parse_model_map(raw: str) -> dict[str, str]:
     return mapping
 
 
+def _names(raw: str) -> tuple[str, ...]:
+    """A comma-separated setting (keys, account names) as its non-empty items."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def _number(values: dict, key: str, kind=float):
     try:
         value = kind(values[key])
@@ -266,7 +271,7 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         max_attempts=_number(values, "UPSTREAM_MAX_ATTEMPTS", int),
         retry_budget=_number(values, "UPSTREAM_RETRY_BUDGET"),
         ping_interval=_number(values, "PING_INTERVAL"),
-        proxy_api_keys=tuple(k.strip() for k in values["PROXY_API_KEYS"].split(",") if k.strip()),
+        proxy_api_keys=_names(values["PROXY_API_KEYS"]),
         max_request_bytes=_number(values, "MAX_REQUEST_BYTES", int),
         log_level=values["LOG_LEVEL"].upper(),
         worker_connections=_number(values, "WORKER_CONNECTIONS", int),
@@ -277,7 +282,7 @@ def load_settings(environ: dict | None = None, overrides: dict | None = None) ->
         redis_tls_verify=values["REDIS_TLS_VERIFY"],
         redis_key_prefix=values["REDIS_KEY_PREFIX"],
         account_strategy=values["AMAZONQ_ACCOUNT_STRATEGY"],
-        account_order=tuple(n.strip() for n in values["AMAZONQ_ACCOUNT_ORDER"].split(",") if n.strip()),
+        account_order=_names(values["AMAZONQ_ACCOUNT_ORDER"]),
         sticky_sessions=values["AMAZONQ_STICKY_SESSIONS"].lower() in ("true", "1", "yes"),
         cooldown_throttled=_number(values, "AMAZONQ_COOLDOWN_THROTTLED"),
         cooldown_risk=_number(values, "AMAZONQ_COOLDOWN_RISK"),
