@@ -26,6 +26,12 @@ MAX_IMAGES_PER_MESSAGE = 10
 GIVE_WAY_EVERY = 100  # messages converted between two turns of a gevent worker's event loop
 _NAME_OK = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
+# Tool names recur in every turn of every conversation: each is checked once per worker.
+_Q_NAMES: dict[str, str] = {}
+_Q_NAMES_KEPT = 4096
+# How deep a tool input and a tool schema sit in the Q conversation state (the state is 1).
+_INPUT_LEVEL = 7  # history[].assistantResponseMessage.toolUses[].input
+_SCHEMA_LEVEL = 9  # currentMessage.userInputMessage.userInputMessageContext.tools[].toolSpecification.inputSchema.json
 # json.loads turns a "\\ud800" escape into a lone surrogate, which UTF-8 cannot encode.
 _LONE_SURROGATE = re.compile(r"[\ud800-\udfff]")
 IMAGE_FORMATS = {"image/png": "png", "image/jpeg": "jpeg", "image/jpg": "jpeg",
@@ -63,10 +69,17 @@ class Conversion:
 
 def q_tool_name(name: str) -> str:
     """A name Q accepts, reversible through Conversion.tool_names (stable across turns)."""
-    if _NAME_OK.match(name):
-        return name
-    digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return _NAME_BAD_CHARS.sub("_", name)[:55] + "_" + digest
+    q_name = _Q_NAMES.get(name)
+    if q_name is None:
+        if _NAME_OK.match(name):
+            q_name = name
+        else:
+            digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+            q_name = _NAME_BAD_CHARS.sub("_", name)[:55] + "_" + digest
+        if len(_Q_NAMES) >= _Q_NAMES_KEPT:
+            _Q_NAMES.clear()
+        _Q_NAMES[name] = q_name
+    return q_name
 
 
 def q_tool_use_id(tool_use_id: str) -> str:
@@ -79,18 +92,27 @@ def q_tool_use_id(tool_use_id: str) -> str:
 class _Turn:
     """One Q message under construction: user or assistant parts in client order."""
 
+    __slots__ = ("role", "texts", "images", "tool_results", "tool_uses", "client_names")
+
     def __init__(self, role: str):
         self.role = role
         self.texts: list[str] = []
         self.images: list[dict] = []
         self.tool_results: list[dict] = []
-        self.tool_uses: list[dict] = []
+        self.tool_uses: list[dict] = []  # Q ToolUse objects, as they are sent
+        self.client_names: list[str] = []  # the client's name of each tool use
 
 
 def _check_unicode(name: str, where: str) -> None:
     """Tool names go back to the client in the answer, so they must be encodable text."""
-    if _LONE_SURROGATE.search(name):
+    if not name.isascii() and _LONE_SURROGATE.search(name):
         raise InvalidRequest(f"{where}: holds a lone UTF-16 surrogate, which is not text")
+
+
+def _block_at(i: int, j: int) -> str:
+    """Where a content block is, for error messages (built only when one is raised: the
+    conversion of a long conversation reads thousands of blocks)."""
+    return f"messages.{i}.content.{j}"
 
 
 def _wire_safe(value):
@@ -112,15 +134,24 @@ def _wire_safe(value):
     return value
 
 
-def _is_wire_safe(request, state: dict) -> bool:
+def _is_wire_safe(request, turns: list[_Turn], specs: list[dict]) -> bool:
     """True when `_wire_safe(state)` would change nothing: a request orjson read (`Checked`)
     holds no lone surrogate and no non-finite number, and the conversion adds none. orjson
-    must also be able to write it (it stops at 255 levels of nesting, before Python's
-    recursion limit): deeper requests take the scan, which refuses what it refused before."""
+    must also be able to write the state (it stops at 255 levels of nesting, before Python's
+    recursion limit): deeper requests take the scan, which refuses what it refused before.
+    Only tool inputs and schemas carry the client's nesting into the state, so only they are
+    written here, each at its depth in the state."""
     if not isinstance(request, Checked):
         return False
+    inputs: list = [use["input"] for turn in turns for use in turn.tool_uses]
+    schemas: list = [spec["toolSpecification"]["inputSchema"]["json"] for spec in specs]
+    for _ in range(_INPUT_LEVEL - 2):
+        inputs = [inputs]
+    for _ in range(_SCHEMA_LEVEL - 2):
+        schemas = [schemas]
     try:
-        orjson.dumps(state)
+        orjson.dumps(inputs)
+        orjson.dumps(schemas)
     except TypeError:
         return False
     return True
@@ -202,61 +233,97 @@ def _search_result_text(block: dict, where: str) -> str:
            + "\n".join(parts) + "\n</search_result>"
 
 
-def _tool_result(block: dict, where: str, turn: _Turn) -> dict:
+def _tool_result(block: dict, i: int, j: int, turn: _Turn) -> dict:
     """A Q ToolResult; images inside it move to the message (Q results hold text/json only)."""
     tool_use_id = block.get("tool_use_id")
     if not isinstance(tool_use_id, str) or not tool_use_id:
-        raise InvalidRequest(f"{where}.tool_use_id: must be a non-empty string")
+        raise InvalidRequest(f"{_block_at(i, j)}.tool_use_id: must be a non-empty string")
     content = block.get("content")
-    texts: list[str] = []
     if isinstance(content, str):
-        texts.append(content)
+        text = content
     elif isinstance(content, list):
+        texts: list[str] = []
         for k, part in enumerate(content):
-            part_where = f"{where}.content.{k}"
             kind = part.get("type") if isinstance(part, dict) else None
             if kind == "text":
-                if not isinstance(part.get("text"), str):
-                    raise InvalidRequest(f"{part_where}.text: must be a string")
-                texts.append(part["text"])
-            elif kind == "image":
-                image = _image(part, part_where)
-                if isinstance(image, str):
-                    texts.append(image)
-                else:
-                    turn.images.append(image)
-                    texts.append("[image attached to this message]")
-            elif kind == "document":
-                texts.append(_document_text(part, part_where))
-            elif kind == "search_result":
-                texts.append(_search_result_text(part, part_where))
-            elif kind == "tool_reference":  # ToolSearch results (advanced-tool-use beta)
-                texts.append(f"[tool reference: {json.dumps(part, ensure_ascii=False)[:500]}]")
+                part_text = part.get("text")
+                if not isinstance(part_text, str):
+                    raise InvalidRequest(f"{_block_at(i, j)}.content.{k}.text: must be a string")
+                texts.append(part_text)
             else:
-                raise InvalidRequest(f"{part_where}.type: unsupported tool_result content {kind!r}")
-    elif content is not None:
-        raise InvalidRequest(f"{where}.content: must be a string or a list of blocks")
-    text = "\n".join(t for t in texts if t) or EMPTY_TOOL_RESULT
+                _tool_result_part(part, kind, f"{_block_at(i, j)}.content.{k}", turn, texts)
+        text = "\n".join(filter(None, texts))
+    elif content is None:
+        text = ""
+    else:
+        raise InvalidRequest(f"{_block_at(i, j)}.content: must be a string or a list of blocks")
     return {
         "toolUseId": q_tool_use_id(tool_use_id),
-        "content": [{"text": text}],
+        "content": [{"text": text or EMPTY_TOOL_RESULT}],
         "status": "error" if block.get("is_error") else "success",
     }
 
 
-def _add_block(turn: _Turn, block, where: str) -> None:
-    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
-        raise InvalidRequest(f"{where}: must be an object with a string 'type'")
-    kind = block["type"]
+def _tool_result_part(part, kind, where: str, turn: _Turn, texts: list[str]) -> None:
+    """A tool result's content block other than text, as text in `texts`."""
+    if kind == "image":
+        image = _image(part, where)
+        if isinstance(image, str):
+            texts.append(image)
+        else:
+            turn.images.append(image)
+            texts.append("[image attached to this message]")
+    elif kind == "document":
+        texts.append(_document_text(part, where))
+    elif kind == "search_result":
+        texts.append(_search_result_text(part, where))
+    elif kind == "tool_reference":  # ToolSearch results (advanced-tool-use beta)
+        texts.append(f"[tool reference: {json.dumps(part, ensure_ascii=False)[:500]}]")
+    else:
+        raise InvalidRequest(f"{where}.type: unsupported tool_result content {kind!r}")
+
+
+def _add_block(turn: _Turn, block, i: int, j: int) -> None:
+    """Block `j` of message `i` into `turn`. The kinds every long conversation is made of
+    come first, checked in the order of `_add_other_block`'s checks."""
+    kind = block.get("type") if isinstance(block, dict) else None
+    if not isinstance(kind, str):
+        raise InvalidRequest(f"{_block_at(i, j)}: must be an object with a string 'type'")
+    if kind == "text":
+        text = block.get("text")
+        if not isinstance(text, str):
+            raise InvalidRequest(f"{_block_at(i, j)}.text: must be a string")
+        turn.texts.append(text)
+    elif kind == "tool_result" and turn.role == "user":
+        turn.tool_results.append(_tool_result(block, i, j, turn))
+    elif kind == "tool_use" and turn.role == "assistant":
+        tool_use_id = block.get("id")
+        if not isinstance(tool_use_id, str) or not tool_use_id:
+            raise InvalidRequest(f"{_block_at(i, j)}.id: must be a non-empty string")
+        name = block.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{_block_at(i, j)}.name: must be a non-empty string")
+        if not name.isascii():
+            _check_unicode(name, f"{_block_at(i, j)}.name")
+        tool_input = block.get("input", {})
+        if not isinstance(tool_input, dict):
+            raise InvalidRequest(f"{_block_at(i, j)}.input: must be an object")
+        turn.tool_uses.append({"toolUseId": q_tool_use_id(tool_use_id), "name": q_tool_name(name),
+                               "input": tool_input})
+        turn.client_names.append(name)
+    elif kind in ("thinking", "redacted_thinking") and turn.role == "assistant":
+        pass  # Earlier turns' thinking is not model input (the Messages API drops it too).
+    else:
+        _add_other_block(turn, block, kind, _block_at(i, j))
+
+
+def _add_other_block(turn: _Turn, block: dict, kind: str, where: str) -> None:
+    """Every block `_add_block` does not take itself: its role checks come first."""
     if kind in ASSISTANT_ONLY and turn.role != "assistant":
         raise InvalidRequest(f"{where}.type: '{kind}' blocks are only allowed in assistant messages")
     if kind in USER_ONLY and turn.role != "user":
         raise InvalidRequest(f"{where}.type: '{kind}' blocks are only allowed in user messages")
-    if kind == "text":
-        if not isinstance(block.get("text"), str):
-            raise InvalidRequest(f"{where}.text: must be a string")
-        turn.texts.append(block["text"])
-    elif kind == "image":
+    if kind == "image":
         image = _image(block, where)
         if isinstance(image, str):
             turn.texts.append(image)
@@ -266,22 +333,6 @@ def _add_block(turn: _Turn, block, where: str) -> None:
         turn.texts.append(_document_text(block, where))
     elif kind == "search_result":
         turn.texts.append(_search_result_text(block, where))
-    elif kind == "tool_result":
-        turn.tool_results.append(_tool_result(block, where, turn))
-    elif kind == "tool_use":
-        tool_input = block.get("input", {})
-        if not isinstance(block.get("id"), str) or not block["id"]:
-            raise InvalidRequest(f"{where}.id: must be a non-empty string")
-        if not isinstance(block.get("name"), str) or not block["name"]:
-            raise InvalidRequest(f"{where}.name: must be a non-empty string")
-        _check_unicode(block["name"], f"{where}.name")
-        if not isinstance(tool_input, dict):
-            raise InvalidRequest(f"{where}.input: must be an object")
-        turn.tool_uses.append({"toolUseId": q_tool_use_id(block["id"]),
-                               "name": q_tool_name(block["name"]), "input": tool_input,
-                               "_client_name": block["name"]})
-    elif kind in ("thinking", "redacted_thinking"):
-        pass  # Earlier turns' thinking is not model input (the Messages API drops it too).
     elif kind in SERVER_TOOL_USES or SERVER_TOOL_RESULT.match(kind):
         # Q cannot replay server-tool turns; keep what happened as text.
         turn.texts.append(f"[{kind}: {json.dumps(block.get('input', block.get('content')))[:2000]}]")
@@ -294,29 +345,32 @@ def _turns(messages) -> list[_Turn]:
     if not isinstance(messages, list) or not messages:
         raise InvalidRequest("messages: must be a non-empty list")
     turns: list[_Turn] = []
+    turn = None
     for i, message in enumerate(messages):
         if i % GIVE_WAY_EVERY == GIVE_WAY_EVERY - 1:
             give_way()  # a long conversation: the worker's other streams get their events
-        where = f"messages.{i}"
         if not isinstance(message, dict):
-            raise InvalidRequest(f"{where}: must be an object")
+            raise InvalidRequest(f"messages.{i}: must be an object")
         role = message.get("role")
-        if role not in ("user", "assistant", "system"):
-            raise InvalidRequest(f"{where}.role: must be 'user', 'assistant' or 'system', got {role!r}")
+        if role == "assistant":
+            q_role = "assistant"
+        elif role == "user" or role == "system":
+            q_role = "user"
+        else:
+            raise InvalidRequest(f"messages.{i}.role: must be 'user', 'assistant' or 'system', got {role!r}")
+        if turn is None or turn.role != q_role:
+            turn = _Turn(q_role)
+            turns.append(turn)
         content = message.get("content")
-        q_role = "assistant" if role == "assistant" else "user"
-        if not turns or turns[-1].role != q_role:
-            turns.append(_Turn(q_role))
-        turn = turns[-1]
         if role == "system":
-            turn.texts.append(f"<system-reminder>\n{_text_of(content, where + '.content')}\n</system-reminder>")
+            turn.texts.append(f"<system-reminder>\n{_text_of(content, f'messages.{i}.content')}\n</system-reminder>")
         elif isinstance(content, str):
             turn.texts.append(content)
         elif isinstance(content, list):
             for j, block in enumerate(content):
-                _add_block(turn, block, f"{where}.content.{j}")
+                _add_block(turn, block, i, j)
         else:
-            raise InvalidRequest(f"{where}.content: must be a string or a list of content blocks")
+            raise InvalidRequest(f"messages.{i}.content: must be a string or a list of content blocks")
     return turns
 
 
@@ -381,14 +435,19 @@ def _unique_tool_use_ids(turns: list[_Turn]) -> None:
     renamed: dict[str, list[str]] = {}  # client's Q id -> the ids its uses got, in order
     for turn in turns:
         if turn.role == "user":
-            for result in turn.tool_results:
+            for result in turn.tool_results if renamed else ():
                 queue = renamed.get(result["toolUseId"])
                 if queue:
                     result["toolUseId"] = queue.pop(0)
             renamed = {}
             continue
         renamed = {}
-        for use in turn.tool_uses:
+        uses = turn.tool_uses
+        ids = {use["toolUseId"] for use in uses}
+        if len(ids) == len(uses) and seen.isdisjoint(ids):
+            seen |= ids  # every id new (the common case): every result keeps its id
+            continue
+        for use in uses:
             original = new = use["toolUseId"]
             n = 1
             while new in seen:
@@ -411,6 +470,8 @@ def _pair_tool_results(turns: list[_Turn]) -> None:
         if turn.role == "assistant":
             previous_uses = [use["toolUseId"] for use in turn.tool_uses]
             continue
+        if not previous_uses and not turn.tool_results:
+            continue
         by_id = {}
         for result in turn.tool_results:
             if result["toolUseId"] in previous_uses and result["toolUseId"] not in by_id:
@@ -428,7 +489,7 @@ def _pair_tool_results(turns: list[_Turn]) -> None:
 
 
 def _user_message(turn: _Turn, origin: str, *, current: bool) -> dict:
-    content = "\n\n".join(t for t in turn.texts if t)
+    content = "\n\n".join(filter(None, turn.texts))
     if not content and not turn.tool_results and (current or not turn.images):
         content = EMPTY_USER
     message: dict = {"content": content, "origin": origin}
@@ -446,11 +507,10 @@ def _user_message(turn: _Turn, origin: str, *, current: bool) -> dict:
 
 
 def _assistant_message(turn: _Turn) -> dict:
-    content = "\n\n".join(t for t in turn.texts if t)
+    content = "\n\n".join(filter(None, turn.texts))
     message: dict = {"content": content or ("" if turn.tool_uses else EMPTY_ASSISTANT)}
     if turn.tool_uses:
-        message["toolUses"] = [{k: v for k, v in use.items() if not k.startswith("_")}
-                               for use in turn.tool_uses]
+        message["toolUses"] = turn.tool_uses
     return {"assistantResponseMessage": message}
 
 
@@ -484,9 +544,9 @@ def convert_request(request: dict, *, origin: str, conversation_id: str | None =
     # Tool names used in history must exist in the current tool list (rule 3 of
     # docs/amazon-q-api.md, "Conversation rules").
     for turn in turns:
-        for use in turn.tool_uses:
+        for use, client_name in zip(turn.tool_uses, turn.client_names, strict=True):
             if use["name"] not in tool_names:
-                tool_names[use["name"]] = use["_client_name"]
+                tool_names[use["name"]] = client_name
                 specs.append({"toolSpecification": {
                     "name": use["name"], "description": STUB_TOOL_DESCRIPTION,
                     "inputSchema": {"json": {"type": "object", "properties": {}}}}})
@@ -508,7 +568,7 @@ def convert_request(request: dict, *, origin: str, conversation_id: str | None =
     if history:
         state["history"] = history
     try:
-        body: dict = {"conversationState": state if _is_wire_safe(request, state) else _wire_safe(state)}
+        body: dict = {"conversationState": state if _is_wire_safe(request, turns, specs) else _wire_safe(state)}
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
     if len(turns) >= GIVE_WAY_EVERY:
