@@ -12,6 +12,14 @@ The corpus: every request the conversion and fuzz suites hand to convert_request
 wrapping it while pytest runs them, the fuzz suite at AMQ_FUZZ_EXAMPLES=300 with its fixed
 seeds), the bench's requests, and Claude Code-shaped requests from tests.claude_code_requests
 (regenerated from their seeds by the test, so only their outputs' digests are stored).
+
+When the token estimate changes on purpose (the conversion must not), `--retoken OLD.py`
+re-records only the estimates: each stored digest must first be reproduced by the current
+converter with the estimate of OLD.py (the tokencount module the fixture was written with),
+so the references of the conversion itself stay those of the commit named in the fixture:
+
+    git show 02ffe69:amq/tokencount.py > /tmp/old_tokencount.py
+    python -m tests.convert_corpus --retoken /tmp/old_tokencount.py
 """
 from __future__ import annotations
 
@@ -36,9 +44,10 @@ GENERATED = [(150_000, 0), (550_000, 0), (150_000, 1), (550_000, 7),
              *[(size, seed) for seed in range(20) for size in (3_000, 30_000)]]
 
 
-def outcome(request, kwargs: dict) -> dict:
+def outcome(request, kwargs: dict, count=None) -> dict:
     """What convert_request makes of `request`, as plain JSON: the Q body and the maps (and the
-    token estimate), or the error it raises. The conversation id is fixed (else random)."""
+    token estimate, by `count` if given), or the error it raises. The conversation id is fixed
+    (else random)."""
     # The fixture's calls name the model and profile ARN as convert_request once took them;
     # Conversion.for_model adds them now.
     options = {"origin": kwargs.get("origin", "CLI"), "conversation_id": CONVERSATION_ID}
@@ -49,7 +58,7 @@ def outcome(request, kwargs: dict) -> dict:
     conversion.for_model(kwargs.get("model_id", "claude-sonnet-4.5"), kwargs.get("profile_arn", ""))
     return {"body": conversion.body, "tool_names": conversion.tool_names,
             "skipped_tools": conversion.skipped_tools,
-            "input_tokens": amq.tokencount.count_request_tokens(request)}
+            "input_tokens": (count or amq.tokencount.count_request_tokens)(request)}
 
 
 def digest(value) -> str:
@@ -124,5 +133,40 @@ def main() -> None:
           f"{len(cases) - accepted} refused), {len(generated)} generated")
 
 
+def retoken(old_tokencount: Path) -> None:
+    """Re-record the fixture's token estimates with the current estimate (see the docstring)."""
+    import importlib.util
+
+    from tests.claude_code_requests import claude_code_request
+
+    spec = importlib.util.spec_from_file_location("amq.old_tokencount", old_tokencount)
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
+    fixture = json.loads(FIXTURE.read_text(encoding="ascii"))
+    changed = 0
+
+    def redo(request, kwargs, expected: str) -> str:
+        nonlocal changed
+        before = outcome(copy.deepcopy(request), kwargs, count=old.count_request_tokens)
+        if digest(before) != expected:
+            raise SystemExit(f"the current converter or OLD.py does not reproduce {expected}: {request!r:.300}")
+        after = outcome(request, kwargs)
+        changed += after["input_tokens"] != before["input_tokens"]
+        return digest(after)
+
+    for case in fixture["cases"]:
+        if "sha256" in case["expect"]:
+            case["expect"]["sha256"] = redo(case["request"], case["kwargs"], case["expect"]["sha256"])
+    for generated in fixture["generated"]:
+        request = claude_code_request(generated["size"], generated["seed"])
+        generated["expect_sha256"] = redo(request, generated["kwargs"], generated["expect_sha256"])
+    fixture["input_tokens"] = "re-recorded by python -m tests.convert_corpus --retoken"
+    FIXTURE.write_text(json.dumps(fixture, ensure_ascii=True, separators=(",", ":")) + "\n")
+    print(f"{FIXTURE.relative_to(ROOT)}: every conversion reproduced; {changed} token estimates changed")
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--retoken"]:
+        retoken(Path(sys.argv[2]))
+    else:
+        main()
