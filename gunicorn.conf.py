@@ -95,3 +95,10 @@ def on_exit(server):
     if os.path.basename(directory).startswith(METRICS_DIR_PREFIX) and \
             os.path.dirname(directory) == tempfile.gettempdir():
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def post_worker_init(worker):
+    """A worker's garbage collector set for large short-lived requests (amq/collector.py)."""
+    from amq.collector import settle_worker
+
+    settle_worker()
