@@ -24,10 +24,6 @@ def estimate_tokens(chars: int) -> int:
     return (chars + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
 
 
-def _text_chars(value) -> int:
-    return len(value) if isinstance(value, str) else len(str(value))
-
-
 def _blocks_chars(blocks, other: list) -> tuple[int, int]:
     """(characters, images) in content blocks, recursing into tool results; blocks counted
     by their JSON go to `other` instead, to be written in one call."""
@@ -40,13 +36,18 @@ def _blocks_chars(blocks, other: list) -> tuple[int, int]:
             continue
         kind = block.get("type")
         if kind == "text":
-            chars += _text_chars(block.get("text", ""))
+            text = block.get("text", "")
+            chars += len(text) if isinstance(text, str) else len(str(text))
         elif kind == "tool_result":
             content = block.get("content")
-            c, i = _blocks_chars(content if isinstance(content, list) else (content or "",), other)
-            chars, images = chars + c + TOOL_RESULT_OVERHEAD, images + i
+            if isinstance(content, str):
+                chars += len(content) + TOOL_RESULT_OVERHEAD
+            else:
+                c, i = _blocks_chars(content if isinstance(content, list) else (content or "",), other)
+                chars, images = chars + c + TOOL_RESULT_OVERHEAD, images + i
         elif kind == "thinking":
-            chars += _text_chars(block.get("thinking", ""))
+            text = block.get("thinking", "")
+            chars += len(text) if isinstance(text, str) else len(str(text))
         elif kind == "image":
             images += 1
         else:
