@@ -11,11 +11,8 @@ import json
 
 import orjson
 
-from .cooperative import give_way
-
 CHARS_PER_TOKEN = 4  # Anthropic's own rule of thumb for English text and code
 IMAGE_TOKENS = 1_600  # a typical image of ~1.15 megapixels (width*height/750)
-LARGE_BLOCK_COUNT = 100  # blocks measured as JSON: past this, the gevent loop gets a turn first
 BLOCK_OVERHEAD = 3  # characters per message content block (its framing), as before
 TOOL_RESULT_OVERHEAD = 10  # characters per tool result around its content
 
@@ -85,8 +82,6 @@ def count_request_tokens(request: dict) -> int:
         blocks = content if isinstance(content, list) else (content or "",)
         c, i = _blocks_chars(blocks, other)
         chars, images = chars + c + BLOCK_OVERHEAD * len(blocks), images + i
-    if len(other) >= LARGE_BLOCK_COUNT:
-        give_way()  # the blocks of a long conversation are counted in two steps, not one
     chars += json_chars(other)
     tools = request.get("tools")
     if isinstance(tools, list) and tools:
