@@ -71,3 +71,31 @@ def test_a_changed_conversion_is_noticed():
     got["body"]["conversationState"]["currentMessage"]["userInputMessage"]["content"] += "."
     assert digest(got) != before
 
+
+
+def _nested(levels: int) -> dict:
+    value: dict = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize("levels", [240, 249, 400, 700])
+@pytest.mark.parametrize("where", ["tool input", "tool schema"])
+def test_deep_tool_inputs_and_schemas_convert_as_plain_dicts_do(where, levels):
+    """Past orjson's 255 levels the conversion takes the stdlib's path, which refuses a
+    request nested too deeply for Python: a request amq's parser read must get the same."""
+    if where == "tool input":
+        request = {"model": "m", "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "n",
+                                                "input": _nested(levels)}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "ok"}]}]}
+    else:
+        request = {"model": "m", "messages": [{"role": "user", "content": "hi"}],
+                   "tools": [{"name": "n", "input_schema": _nested(levels)}]}
+    parsed = as_parsed(request)
+    assert isinstance(parsed, Checked)
+    plain, read = outcome(request, {}), outcome(parsed, {})
+    assert read == plain
+    assert ("error" in read) == (levels >= 700), read.get("error")
