@@ -17,7 +17,11 @@ with open(__file__) as _conf:
 PROBE_PERIOD = 0.002
 
 
+_amq_post_worker_init = post_worker_init  # noqa: F821 - defined by amq's file above
+
+
 def post_worker_init(worker):
+    _amq_post_worker_init(worker)
     import json
     import time
 
