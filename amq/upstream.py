@@ -21,7 +21,7 @@ from . import metrics
 from .cooperative import start_helper
 from .errors import ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
-from .jsonio import dumps, loads
+from .jsonio import dumps, loads_event
 from .models import QModel
 from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
 from .transport import transport_errors
@@ -400,7 +400,7 @@ def _event(message) -> tuple[str, dict]:
     kind = headers.get(":message-type")
     if kind == "event":
         try:
-            payload = loads(message.payload) if message.payload else {}
+            payload = loads_event(message.payload) if message.payload else {}
         except ValueError:
             raise UpstreamFailure("Amazon Q sent an event whose payload is not JSON") from None
         return headers.get(":event-type", ""), payload if isinstance(payload, dict) else {}
