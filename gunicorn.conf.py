@@ -9,7 +9,6 @@ from gevent import monkey
 
 monkey.patch_all()
 
-import gc  # noqa: E402
 import glob  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -81,16 +80,6 @@ def on_starting(server):
     except SystemExit:
         on_exit(server)  # gunicorn does not call it when on_starting refuses
         raise
-
-
-def post_worker_init(worker):
-    """What the worker has loaded lives as long as it does; freeze it out of the collector.
-
-    A full collection walks every tracked object: with the app loaded, about 50 ms in which no
-    stream on the worker gets an event (bench/large_requests.py's loop probe saw these as its
-    longest stalls). Frozen objects are never walked.
-    """
-    gc.freeze()
 
 
 def child_exit(server, worker):
