@@ -17,11 +17,12 @@ with open(__file__) as _conf:
 PROBE_PERIOD = 0.002
 
 
-_amq_post_worker_init = post_worker_init  # noqa: F821 - defined by amq's file above
+_amq_post_worker_init = globals().get("post_worker_init")  # amq's own hook, if it has one
 
 
 def post_worker_init(worker):
-    _amq_post_worker_init(worker)
+    if _amq_post_worker_init is not None:
+        _amq_post_worker_init(worker)
     import json
     import time
 
