@@ -1,4 +1,5 @@
-"""Gives a gevent worker's other streams their turn between the large CPU steps of one request.
+"""Cooperation with the other streams of a gevent worker: turns between large CPU steps, and
+helpers that run beside a stream (a greenlet there, a thread elsewhere).
 
 A gevent worker runs one greenlet at a time: while it parses and converts a 550 KB request no
 other stream on it gets an event. A turn waits for the event loop to be idle: the loop then
@@ -10,10 +11,19 @@ made each turn a sleep of at least a millisecond (libev's shortest blocking poll
 """
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+import gevent
 from gevent import get_hub, monkey
 from gevent.hub import Waiter
 
 LONGEST_TURN = 0.005  # seconds the others may keep the loop busy before this request goes on
+
+
+class Helper(Protocol):
+    def join(self, timeout: float | None = None) -> None: ...
 
 
 def give_way() -> None:
@@ -27,3 +37,14 @@ def give_way() -> None:
         idle.start(waiter.switch, None)
         timer.start(waiter.switch, None)
         waiter.get()
+
+
+def start_helper(target: Callable[[], None], name: str) -> Helper:
+    """Run `target` beside the caller: a bare greenlet in a gevent worker (a patched
+    threading.Thread costs several times as much to start and join, paid on every answer),
+    a daemon thread elsewhere."""
+    if monkey.is_module_patched("socket"):
+        return gevent.spawn(target)
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    thread.start()
+    return thread

@@ -73,3 +73,13 @@ class OrjsonProvider(DefaultJSONProvider):
         except TypeError:  # lone surrogates, integers beyond 64 bits, non-str keys
             return super().response(obj)
         return self._app.response_class(data, mimetype=self.mimetype)
+
+
+def loads_event(raw: bytes):
+    """The JSON value of one of Q's event payloads (small, and read for every frame): orjson,
+    the stdlib for what orjson refuses. No scan for long integers: Q's payloads carry text and
+    counts, never an integer past 64 bits that must stay exact."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return json.loads(raw)

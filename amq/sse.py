@@ -3,14 +3,24 @@ from __future__ import annotations
 
 import json
 
+import orjson
+
 from .errors import ProxyError
 
 
 def format_event(event: dict) -> bytes:
-    """One SSE event; the `event:` line is mandatory (SDKs drop data-only events)."""
-    # ASCII escapes keep any string writable, lone surrogates from a client or from Q included.
-    data = json.dumps(event, separators=(",", ":"))
-    return f"event: {event['type']}\ndata: {data}\n\n".encode("ascii")
+    """One SSE event; the `event:` line is mandatory (SDKs drop data-only events).
+
+    orjson writes it (UTF-8, as Anthropic's API does; a few times faster than the stdlib,
+    and every frame of every stream passes here). A string orjson refuses, a lone surrogate
+    from a client or from Q, is written with ASCII escapes by the stdlib instead, so any
+    string stays writable.
+    """
+    try:
+        data = orjson.dumps(event)
+    except TypeError:
+        data = json.dumps(event, separators=(",", ":")).encode("ascii")
+    return b"event: " + event["type"].encode("ascii") + b"\ndata: " + data + b"\n\n"
 
 
 def error_event(error: ProxyError, request_id: str | None = None) -> bytes:

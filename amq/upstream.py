@@ -1,7 +1,6 @@
 """The Amazon Q client: sends GenerateAssistantResponse and yields the decoded events."""
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import random
@@ -19,9 +18,10 @@ from requests.adapters import HTTPAdapter
 from requests.utils import get_netrc_auth
 
 from . import metrics
+from .cooperative import start_helper
 from .errors import ProxyError, UpstreamFailure
 from .eventstream import EventStreamDecoder, EventStreamError
-from .jsonio import dumps
+from .jsonio import dumps, loads_event
 from .models import QModel
 from .q_errors import error_frame, is_invalid_bearer, map_upstream_error, parse_upstream_error
 from .transport import transport_errors
@@ -310,13 +310,16 @@ def _body_chunks(response: requests.Response) -> Iterator[bytes]:
 
 
 def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator[bytes | None]:
-    """Body chunks read by a helper (a greenlet under gevent); None after `interval` of silence.
+    """Body chunks read by a helper; None once Q has been silent for half to all of `interval`.
 
     A blocked socket read cannot be interrupted to write a ping, so the reading happens
-    beside the writer. The bounded queue keeps backpressure on Q when the client is slow.
+    beside the writer. A second helper looks for silence every half interval: a timeout on
+    each wait for a chunk cost a timer per frame, more than the frame's own translation.
+    The bounded queue keeps backpressure on Q when the client is slow.
     """
     chunks: queue.Queue = queue.Queue(maxsize=32)
     stop = threading.Event()
+    arrived = [True]  # set by the reader, cleared by the watcher at each look
 
     def hand_over(item) -> None:
         while not stop.is_set():
@@ -329,6 +332,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
     def pump() -> None:
         try:
             for chunk in _body_chunks(response):
+                arrived[0] = True
                 hand_over(chunk)
                 if stop.is_set():
                     return
@@ -336,13 +340,19 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
         except BaseException as exc:  # noqa: BLE001 - re-raised on the writer's side
             hand_over(exc)
 
-    reader = threading.Thread(target=pump, name="amq-upstream-reader", daemon=True)
-    reader.start()
+    def watch() -> None:
+        while not stop.wait(interval / 2):
+            if not arrived[0] and chunks.empty():
+                with suppress(queue.Full):
+                    chunks.put_nowait(None)
+            arrived[0] = False
+
+    reader = start_helper(pump, "amq-upstream-reader")
+    watcher = start_helper(watch, "amq-upstream-pings")
     try:
         while True:
-            try:
-                item = chunks.get(timeout=interval)
-            except queue.Empty:
+            item = chunks.get()
+            if item is None:
                 yield None
                 continue
             # Take whatever else has already arrived too (HTTP chunks are often one frame
@@ -350,10 +360,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
             parts = []
             while isinstance(item, bytes):
                 parts.append(item)
-                try:
-                    item = chunks.get_nowait()
-                except queue.Empty:
-                    item = None
+                item = None if chunks.empty() else chunks.get_nowait()
             if parts:
                 yield b"".join(parts)
             if item is _END:
@@ -364,6 +371,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
         stop.set()
         _shutdown_socket(response)  # wakes the reader if it is blocked on the socket
         reader.join(timeout=2.0)
+        watcher.join(timeout=2.0)
         response.close()
 
 
@@ -392,7 +400,7 @@ def _event(message) -> tuple[str, dict]:
     kind = headers.get(":message-type")
     if kind == "event":
         try:
-            payload = json.loads(message.payload) if message.payload else {}
+            payload = loads_event(message.payload) if message.payload else {}
         except ValueError:
             raise UpstreamFailure("Amazon Q sent an event whose payload is not JSON") from None
         return headers.get(":event-type", ""), payload if isinstance(payload, dict) else {}

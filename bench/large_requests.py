@@ -25,7 +25,10 @@ Three parts, each printed with its target and PASS/MISS:
    of each in all; alternating keeps the shared machine's changing load out of the difference). The gap
    between consecutive text deltas a client receives is the inter-event delay; the report
    gives p50/p99/max of both phases and the difference. Targets: N=100, RATE=5, p99 added
-   <= 15 ms; worker CPU per frame delivered in the quiet phase <= 60 us.
+   <= 15 ms; worker CPU per frame delivered in the quiet phase <= 60 us. The worker runs
+   under bench/loop_probe.conf.py, whose probe reports how late the worker's event loop was
+   in each phase: the part of the delay that happens inside amq's process (client and fake
+   are on the same 2 cores and add their own). `--pin` puts the worker alone on core 1.
 
 The machine is shared: wall-clock figures (part 3) move with the load average, which is
 printed and saved; CPU figures (parts 1 and 2) move much less.
@@ -42,9 +45,11 @@ import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import socket  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -313,11 +318,16 @@ class Streams:
 
 
 def open_streams(count: int, rate: float, duration: float, delay: float, jitter: float,
-                 rounds: int) -> dict:
-    fake = FastQProcess(delay=delay, jitter=jitter)
+                 rounds: int, pin: bool = False) -> dict:
+    if pin:  # amq's worker alone on core 1; the fake, the clients (this process) on core 0
+        os.sched_setaffinity(0, {0})
+    fake = FastQProcess(delay=delay, jitter=jitter, cpus="0" if pin else None)
     amq = None
+    probe = Path(tempfile.mkdtemp(prefix="amq-loop-probe-")) / "probe.jsonl"
+    windows: list[tuple[str, float, float]] = []
     try:
-        amq = AmqProcess(fake)
+        amq = AmqProcess(fake, cpus="1" if pin else None, extra_env={"AMQ_LOOP_PROBE": str(probe)},
+                         extra_args=["-c", str(Path(__file__).resolve().parent / "loop_probe.conf.py")])
         pid = amq.worker_pid
         large = [http_request(amq.port, encoded(large_request(size, seed)))
                  for size, seed in (("150k", 3), ("550k", 4))]
@@ -349,6 +359,7 @@ def open_streams(count: int, rate: float, duration: float, delay: float, jitter:
             streams.phase = "between"
             totals[phase]["cpu"] += cpu_seconds(pid) - cpu0
             totals[phase]["wall"] += time.monotonic() - wall0
+            windows.append((phase, wall0, time.monotonic()))
             gevent.sleep(0.5)  # the next phase starts with no leftover of this one
         for phase, t in totals.items():
             gaps = streams.gaps.get(phase, [])
@@ -368,12 +379,36 @@ def open_streams(count: int, rate: float, duration: float, delay: float, jitter:
         result["stream_error_kinds"] = sorted(set(streams.errors))[:3]
         quiet = result["quiet"]
         result["cpu_per_frame_us"] = quiet["worker_cpu_s"] / max(1, quiet["frames"]) * 1e6
+        for phase, lateness in loop_lateness(probe, windows).items():
+            result[phase]["loop"] = lateness
         result["added_ms"] = {k: result["large"][k] - quiet[k] for k in ("p50_ms", "p99_ms", "max_ms")}
         return result
     finally:
         if amq is not None:
             amq.stop(keep_log="large_requests-streams-amq")
         fake.stop()
+
+
+def loop_lateness(probe: Path, windows: list[tuple[str, float, float]]) -> dict:
+    """The worker's event-loop lateness by phase, from bench/loop_probe.conf.py's lines: a line
+    counts for the phase its second (the line's time less half a second) fell in."""
+    late: dict[str, list[float]] = {}
+    wakeups: dict[str, int] = {}
+    for line in probe.read_text().splitlines() if probe.exists() else []:
+        entry = json.loads(line)
+        middle = entry["t"] - 0.5
+        phase = next((name for name, start, end in windows if start <= middle <= end), None)
+        if phase is not None:
+            late.setdefault(phase, []).extend(entry["late_ms"])
+            wakeups[phase] = wakeups.get(phase, 0) + entry["wakeups"]
+    out = {}
+    for phase, count in wakeups.items():
+        values = sorted(late[phase], reverse=True)
+        rank = count // 100  # the p99 is the value 1% of wakeups from the top; below 1 ms is not kept
+        out[phase] = {"wakeups": count, "p99_ms": values[rank] if rank < len(values) else 0.0,
+                      "max_ms": values[0] if values else 0.0,
+                      "late_15ms": sum(1 for v in values if v >= 15), "late_5ms": sum(1 for v in values if v >= 5)}
+    return out
 
 
 def main(argv=None) -> int:
@@ -388,6 +423,9 @@ def main(argv=None) -> int:
     parser.add_argument("--sequential", type=int, default=40, help="requests per kind in part 2")
     parser.add_argument("--parts", default="123", help="which parts to run (default 123)")
     parser.add_argument("--app-dir", help="measure another checkout of amq (parts 1-3)")
+    parser.add_argument("--pin", action="store_true",
+                        help="part 3: amq on core 1, the fake and the clients on core 0 (taskset), so"
+                             " the others' CPU does not show as amq's delay")
     args = parser.parse_args(argv)
     if args.app_dir:
         sys.path.insert(0, str(Path(args.app_dir).resolve()))
@@ -425,7 +463,7 @@ def main(argv=None) -> int:
               f" -> {beyond:.2f} ms = {beyond / rt:.2f}x  {verdict(ok)}", flush=True)
     if "3" in args.parts:
         part = results["streams"] = open_streams(args.streams, args.rate, args.duration, args.delay, args.jitter,
-                                                       args.rounds)
+                                                       args.rounds, args.pin)
         print(f"\n3. {args.streams} open streams, one frame every {args.delay * 1000:.0f}-"
               f"{(args.delay + args.jitter) * 1000:.0f} ms; gaps between text deltas (wall clock, shared machine):")
         for phase in ("quiet", "large"):
@@ -436,6 +474,13 @@ def main(argv=None) -> int:
             print(f"   {phase:5}: {f['gaps']} gaps, p50 {f['p50_ms']:.1f}, p99 {f['p99_ms']:.1f},"
                   f" max {f['max_ms']:.1f} ms; worker busy {f['worker_busy'] * 100:.0f}%,"
                   f" load {part['loadavg'][phase]}{extra}")
+        for phase in ("quiet", "large"):
+            loop = part[phase].get("loop")
+            if loop:
+                print(f"   worker's event loop, {phase:5}: late p99 {loop['p99_ms']:.1f} ms,"
+                      f" max {loop['max_ms']:.1f} ms;"
+                      f" {loop['late_5ms']} of {loop['wakeups']} wakeups late by 5 ms or more, {loop['late_15ms']}"
+                      f" by 15 ms or more")
         added = part["added_ms"]
         print(f"   added by the large requests: p50 {added['p50_ms']:+.1f}, p99 {added['p99_ms']:+.1f},"
               f" max {added['max_ms']:+.1f} ms; stream errors {part['stream_errors']} {part['stream_error_kinds']}")
