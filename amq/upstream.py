@@ -310,7 +310,8 @@ def _body_chunks(response: requests.Response) -> Iterator[bytes]:
 
 
 def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator[bytes | None]:
-    """Body chunks read by a helper; None once Q has been silent for half to all of `interval`.
+    """Body chunks read by a helper; None after `interval` of silence from Q (give or take half
+    of it), then once per `interval` while the silence lasts.
 
     A blocked socket read cannot be interrupted to write a ping, so the reading happens
     beside the writer. A second helper looks for silence every half interval: a timeout on
@@ -319,7 +320,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
     """
     chunks: queue.Queue = queue.Queue(maxsize=32)
     stop = threading.Event()
-    arrived = [True]  # set by the reader, cleared by the watcher at each look
+    received = [0]  # chunks read so far; only the reader writes it
 
     def hand_over(item) -> None:
         while not stop.is_set():
@@ -332,7 +333,7 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
     def pump() -> None:
         try:
             for chunk in _body_chunks(response):
-                arrived[0] = True
+                received[0] += 1
                 hand_over(chunk)
                 if stop.is_set():
                     return
@@ -341,11 +342,15 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
             hand_over(exc)
 
     def watch() -> None:
+        seen, silent_looks = received[0], 0
         while not stop.wait(interval / 2):
-            if not arrived[0] and chunks.empty():
+            if received[0] != seen or not chunks.empty():
+                seen, silent_looks = received[0], 0
+                continue
+            silent_looks += 1
+            if silent_looks % 2 == 1:  # the first silent look, then every other one: once per interval
                 with suppress(queue.Full):
                     chunks.put_nowait(None)
-            arrived[0] = False
 
     reader = start_helper(pump, "amq-upstream-reader")
     watcher = start_helper(watch, "amq-upstream-pings")
@@ -370,6 +375,8 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
     finally:
         stop.set()
         _shutdown_socket(response)  # wakes the reader if it is blocked on the socket
+        while not chunks.empty():  # ... or on a full queue (a client that stopped reading)
+            chunks.get_nowait()
         reader.join(timeout=2.0)
         watcher.join(timeout=2.0)
         response.close()
