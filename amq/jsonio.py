@@ -16,6 +16,7 @@ difference falls back to the stdlib, which keeps amq's answers the same:
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import orjson
 from flask.json.provider import DefaultJSONProvider
@@ -75,7 +76,7 @@ class OrjsonProvider(DefaultJSONProvider):
         return self._app.response_class(data, mimetype=self.mimetype)
 
 
-def loads_event(raw: bytes):
+def loads_event(raw: bytes) -> Any:
     """The JSON value of one of Q's event payloads (small, and read for every frame): orjson,
     the stdlib for what orjson refuses. No scan for long integers: Q's payloads carry text and
     counts, never an integer past 64 bits that must stay exact."""
@@ -83,3 +84,23 @@ def loads_event(raw: bytes):
         return orjson.loads(raw)
     except orjson.JSONDecodeError:
         return json.loads(raw)
+
+
+def dumps_wire(value) -> bytes:
+    """Compact JSON of any value for a client's stream: orjson's UTF-8, or, for what orjson
+    refuses (a lone surrogate from a client or Q, an integer past 64 bits), the stdlib's
+    ASCII escapes, which any string survives."""
+    try:
+        return orjson.dumps(value)
+    except TypeError:
+        return json.dumps(value, separators=(",", ":")).encode("ascii")
+
+
+def dumps_text(value) -> str:
+    """Compact JSON text of any value, non-ASCII characters as themselves: orjson, or the
+    stdlib for what orjson refuses (lone surrogates, integers past 64 bits, non-string keys,
+    nesting past 255 levels)."""
+    try:
+        return orjson.dumps(value).decode()
+    except TypeError:
+        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
