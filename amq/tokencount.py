@@ -7,9 +7,7 @@ on a Claude Code request: counting must stay cheap next to the conversion it acc
 """
 from __future__ import annotations
 
-import json
-
-import orjson
+from .jsonio import dumps_text
 
 CHARS_PER_TOKEN = 4  # Anthropic's own rule of thumb for English text and code
 IMAGE_TOKENS = 1_600  # a typical image of ~1.15 megapixels (width*height/750)
@@ -52,18 +50,14 @@ def _blocks_chars(blocks, other: list) -> tuple[int, int]:
     return chars, images
 
 
-def json_chars(values: list) -> int:
+def _json_chars(values: list) -> int:
     """The summed characters of each of `values` as compact JSON, from one write of the list
     (its items joined by "," inside "[...]"). What orjson cannot write (lone surrogates,
     integers past 64 bits, non-string keys, deep nesting) the stdlib writes the same way;
     NaN and Infinity, which count_tokens refuses anyway, may count as orjson's "null"."""
     if not values:
         return 0
-    try:
-        text = orjson.dumps(values).decode()
-    except TypeError:
-        text = json.dumps(values, ensure_ascii=False, separators=(",", ":"))
-    return len(text) - 2 - (len(values) - 1)
+    return len(dumps_text(values)) - 2 - (len(values) - 1)
 
 
 def count_request_tokens(request: dict) -> int:
@@ -82,8 +76,8 @@ def count_request_tokens(request: dict) -> int:
         blocks = content if isinstance(content, list) else (content or "",)
         c, i = _blocks_chars(blocks, other)
         chars, images = chars + c + BLOCK_OVERHEAD * len(blocks), images + i
-    chars += json_chars(other)
+    chars += _json_chars(other)
     tools = request.get("tools")
     if isinstance(tools, list) and tools:
-        chars += json_chars([tools])
+        chars += _json_chars([tools])
     return estimate_tokens(chars) + images * IMAGE_TOKENS
