@@ -29,6 +29,7 @@ _NAME_BAD_CHARS = re.compile(r"[^a-zA-Z0-9_-]")
 # Tool names recur in every turn of every conversation: each is checked once per worker.
 _Q_NAMES: dict[str, str] = {}
 _Q_NAMES_KEPT = 4096
+_Q_NAME_CACHED_LENGTH = 64  # Q's own limit: a longer name is rewritten on each use
 # How deep a tool input and a tool schema sit in the Q conversation state (the state is 1).
 _INPUT_LEVEL = 7  # history[].assistantResponseMessage.toolUses[].input
 _SCHEMA_LEVEL = 9  # currentMessage.userInputMessage.userInputMessageContext.tools[].toolSpecification.inputSchema.json
@@ -76,9 +77,10 @@ def q_tool_name(name: str) -> str:
         else:
             digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
             q_name = _NAME_BAD_CHARS.sub("_", name)[:55] + "_" + digest
-        if len(_Q_NAMES) >= _Q_NAMES_KEPT:
-            _Q_NAMES.clear()
-        _Q_NAMES[name] = q_name
+        if len(name) <= _Q_NAME_CACHED_LENGTH:  # a client's huge names must not pile up here
+            if len(_Q_NAMES) >= _Q_NAMES_KEPT:
+                _Q_NAMES.clear()
+            _Q_NAMES[name] = q_name
     return q_name
 
 

@@ -341,3 +341,21 @@ def test_non_string_tool_type_is_skipped_not_a_crash():
     result = convert({"tools": [BASH, {"type": ["odd"], "name": "x"}],
                       "messages": [{"role": "user", "content": "hi"}]})
     assert result.skipped_tools == ["['odd']"]
+
+
+def test_huge_tool_names_are_not_kept_once_converted():
+    """Q names are cached for the worker's life: a client's 1 MB names must not pile up there."""
+    import tracemalloc
+
+    from amq.convert import q_tool_name
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        q_names = {q_tool_name(f"{k}" * 1_000_000) for k in range(5)}
+        kept = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(q_names) == 5 and all(len(q) <= 64 for q in q_names)
+    assert q_tool_name("1" * 1_000_000) in q_names  # the same name maps the same way
+    assert kept < 100_000, kept  # not the 5 MB of names
