@@ -23,6 +23,8 @@ LONGEST_TURN = 0.005  # seconds the others may keep the loop busy before this re
 
 
 class Helper(Protocol):
+    """What `start_helper` returns, a Greenlet or a Thread: the caller only joins it."""
+
     def join(self, timeout: float | None = None) -> None: ...
 
 

@@ -22,6 +22,6 @@ def test_the_worker_hook_freezes_the_loaded_app_and_spaces_out_young_collections
                          text=True, timeout=60, check=True).stdout
     seen = json.loads(out.strip().splitlines()[-1])
     (young, middle, old), frozen = seen["after"]
-    assert seen["before"][0][0] == 700 and seen["before"][1] == 0  # CPython's defaults
+    assert seen["before"][0][0] < 50_000 and seen["before"][1] == 0  # CPython's own settings
     assert (young, middle, old) == (50_000, *seen["before"][0][1:])
     assert frozen > 10_000  # gunicorn.conf.py has imported gevent, amq.config, dotenv...
