@@ -26,9 +26,12 @@ Three parts, each printed with its target and PASS/MISS:
    between consecutive text deltas a client receives is the inter-event delay; the report
    gives p50/p99/max of both phases and the difference. Targets: N=100, RATE=5, p99 added
    <= 15 ms; worker CPU per frame delivered in the quiet phase <= 60 us. The worker runs
-   under bench/loop_probe.conf.py, whose probe reports how late the worker's event loop was
-   in each phase: the part of the delay that happens inside amq's process (client and fake
-   are on the same 2 cores and add their own). `--pin` puts the worker alone on core 1.
+   under bench/loop_probe.conf.py (unless --no-probe), whose probe reports how late the
+   worker's event loop was in each phase: the part of the delay that happens inside amq's
+   process (client and fake are on the same 2 cores and add their own). The probe's own CPU,
+   about 10 ms a second, is in the per-frame figure (a few us); bench/stream_floor.py
+   measures amq without it. `--pin` keeps this bench's own processes apart: amq's gunicorn on
+   core 1, the fake and the clients on core 0 (other programs on the machine still run anywhere).
 
 The machine is shared: wall-clock figures (part 3) move with the load average, which is
 printed and saved; CPU figures (parts 1 and 2) move much less.
@@ -318,7 +321,7 @@ class Streams:
 
 
 def open_streams(count: int, rate: float, duration: float, delay: float, jitter: float,
-                 rounds: int, pin: bool = False) -> dict:
+                 rounds: int, pin: bool = False, probe_loop: bool = True) -> dict:
     if pin:  # amq's worker alone on core 1; the fake, the clients (this process) on core 0
         os.sched_setaffinity(0, {0})
     fake = FastQProcess(delay=delay, jitter=jitter, cpus="0" if pin else None)
@@ -326,8 +329,9 @@ def open_streams(count: int, rate: float, duration: float, delay: float, jitter:
     probe = Path(tempfile.mkdtemp(prefix="amq-loop-probe-")) / "probe.jsonl"
     windows: list[tuple[str, float, float]] = []
     try:
-        amq = AmqProcess(fake, cpus="1" if pin else None, extra_env={"AMQ_LOOP_PROBE": str(probe)},
-                         extra_args=["-c", str(Path(__file__).resolve().parent / "loop_probe.conf.py")])
+        probed = {"extra_env": {"AMQ_LOOP_PROBE": str(probe)},
+                  "extra_args": ["-c", str(Path(__file__).resolve().parent / "loop_probe.conf.py")]}
+        amq = AmqProcess(fake, cpus="1" if pin else None, **(probed if probe_loop else {}))
         pid = amq.worker_pid
         large = [http_request(amq.port, encoded(large_request(size, seed)))
                  for size, seed in (("150k", 3), ("550k", 4))]
@@ -424,8 +428,10 @@ def main(argv=None) -> int:
     parser.add_argument("--parts", default="123", help="which parts to run (default 123)")
     parser.add_argument("--app-dir", help="measure another checkout of amq (parts 1-3)")
     parser.add_argument("--pin", action="store_true",
-                        help="part 3: amq on core 1, the fake and the clients on core 0 (taskset), so"
-                             " the others' CPU does not show as amq's delay")
+                        help="part 3: this bench's processes apart (taskset): amq's gunicorn on core 1,"
+                             " the fake and the clients on core 0")
+    parser.add_argument("--no-probe", action="store_true",
+                        help="part 3 without the event-loop probe (bench/loop_probe.conf.py)")
     args = parser.parse_args(argv)
     if args.app_dir:
         sys.path.insert(0, str(Path(args.app_dir).resolve()))
@@ -463,7 +469,7 @@ def main(argv=None) -> int:
               f" -> {beyond:.2f} ms = {beyond / rt:.2f}x  {verdict(ok)}", flush=True)
     if "3" in args.parts:
         part = results["streams"] = open_streams(args.streams, args.rate, args.duration, args.delay, args.jitter,
-                                                       args.rounds, args.pin)
+                                                       args.rounds, args.pin, not args.no_probe)
         print(f"\n3. {args.streams} open streams, one frame every {args.delay * 1000:.0f}-"
               f"{(args.delay + args.jitter) * 1000:.0f} ms; gaps between text deltas (wall clock, shared machine):")
         for phase in ("quiet", "large"):
