@@ -66,6 +66,7 @@ from common import (  # noqa: E402
     loadavg,
     machine,
     percentile,
+    rss_kib,
     save,
     verdict,
 )
@@ -260,6 +261,7 @@ def sequential(count: int) -> dict:
             for _ in range(3):
                 exchange(amq.port, payload)
         raw = encoded(large_request("550k", 4))
+        rss_before = rss_kib(amq.worker_pid)["VmRSS"]
         cpu = dict.fromkeys(payloads, 0.0)
         round_trips = []
         per_round = max(1, count // SEQUENTIAL_ROUNDS)
@@ -272,6 +274,8 @@ def sequential(count: int) -> dict:
             round_trips.append(_cpu_ms(lambda: json.dumps(json.loads(raw)), 5))
         out = {name: total / (per_round * SEQUENTIAL_ROUNDS) * 1000 for name, total in cpu.items()}
         out["stdlib_round_trip_ms"] = statistics.median(round_trips)
+        out["requests"] = per_round * SEQUENTIAL_ROUNDS * len(payloads)
+        out["rss_growth_kib"] = rss_kib(amq.worker_pid)["VmRSS"] - rss_before
         return out
     finally:
         if amq is not None:
@@ -463,7 +467,8 @@ def main(argv=None) -> int:
         ok = beyond <= TARGET_BEYOND_SMALL * rt
         oks.append(ok)
         print(f"\n2. worker CPU ms per request, sequential (/proc, {args.sequential} each, load {part['loadavg']}):"
-              f" small {part['small']:.2f}, 150 KB {part['150k']:.2f}, 550 KB {part['550k']:.2f}")
+              f" small {part['small']:.2f}, 150 KB {part['150k']:.2f}, 550 KB {part['550k']:.2f};"
+              f" worker RSS {part['rss_growth_kib'] / 1024:+.1f} MB over these {part['requests']} requests")
         print(f"   target: 550 KB beyond small <= {TARGET_BEYOND_SMALL}x stdlib round trip ({rt:.2f} ms,"
               f" measured between the rounds)"
               f" -> {beyond:.2f} ms = {beyond / rt:.2f}x  {verdict(ok)}", flush=True)
