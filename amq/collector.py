@@ -8,8 +8,8 @@ collections that walk everything the worker has imported. bench/large_requests.p
 about 2.5 ms of worker CPU per 550 KB request spent so (of some 18 ms beyond a small request's
 cost). So the worker freezes what exists once its app is loaded (modules, the app: never
 scanned again) and starts a young collection only after 50,000 new objects, by which time a
-request's objects are usually freed. Cyclic garbage waits longer to be found: up to that
-many objects: a worker keeps a little more memory between collections (bench/large_requests.py
+request's objects are usually freed. Cyclic garbage waits longer to be found (up to that
+many objects), so a worker keeps a little more memory between collections (bench/large_requests.py
 part 2: +1.4 MB of RSS over 1,200 sequential requests, against +0.1 MB at CPython's 700).
 """
 from __future__ import annotations
