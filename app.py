@@ -86,7 +86,8 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
     points load `.env` first: wsgi.py, gunicorn.conf.py, and `flask` itself).
 
     Credentials are required when serving (default: unless a flask command other than `run`
-    builds the app, so `flask --app app login` works before any login exists).
+    builds the app, so `flask --app app login` works before any login exists; wsgi.py leaves
+    that check to gunicorn's master, `check_settings`).
     :raises SystemExit: with one line naming a missing or malformed setting (no traceback
         for `flask run` or gunicorn).
     """
@@ -96,8 +97,9 @@ def create_app(test_config: dict | None = None, require_credentials: bool | None
         serving = _serving() if require_credentials is None else require_credentials
         # With the admin page, an operator with no terminal (a PaaS) adds the first account there.
         required = serving and not settings.admin_key
+        # Only a gunicorn master that checked the store sets this, and only its workers see it.
         tokens = TokenManager.from_settings(settings, session, required=required,
-                                            store_outage_ok=_store_checked and serving,
+                                            store_outage_ok=_store_checked,
                                             on_refresh=metrics.record_refresh)
     except ConfigError as exc:
         raise SystemExit(f"amq: configuration error: {exc}") from None

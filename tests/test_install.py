@@ -212,3 +212,20 @@ def test_bare_install_without_a_login_says_what_is_missing(runtime_venv, tmp_pat
     assert returncode != 0
     assert "Traceback" not in output
     assert output.splitlines()[-1].startswith("amq: configuration error: AMAZONQ_REFRESH_TOKEN is not set"), output
+
+
+def test_bare_install_imports_the_gevent_worker_and_the_app_without_a_login(runtime_venv, tmp_path):
+    """Only starting a server needs a login (the test above): tools that import the WSGI app,
+    or the gevent worker class, get them; the app then answers with a 401 naming the fix."""
+    env = runtime_env(runtime_venv, tmp_path, AMAZONQ_TOKEN_CACHE=str(tmp_path / "empty" / "token.json"))
+    script = ("import json, gunicorn.workers.ggevent, wsgi; client = wsgi.app.test_client();"
+              "r = client.post('/v1/messages', json={'model': 'claude-sonnet-4-5', 'max_tokens': 5,"
+              " 'messages': [{'role': 'user', 'content': 'hi'}]});"
+              "print(json.dumps({'status': r.status_code, 'body': r.get_json()}))")
+    result = subprocess.run([str(runtime_venv / "bin" / "python"), "-c", script], cwd=ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer = json.loads(result.stdout.strip().splitlines()[-1])
+    assert answer["status"] == 401
+    assert answer["body"]["error"]["type"] == "authentication_error"
+    assert "flask --app app login" in answer["body"]["error"]["message"]
