@@ -1,5 +1,6 @@
 """Fixtures, flaskr-style: `app` and `client` in process, `fake_q` (a strict fake Q, clean for each
-test), `amq_server` (amq under real gunicorn with gevent workers) and `anthropic_client`.
+test), `fake` (a fake Q of the test's own), `redis_server` (one per test module), `amq_server`
+(amq under real gunicorn with gevent workers) and `anthropic_client`.
 
 The helpers themselves live in tests/support.py (re-exported here for older imports).
 """
@@ -11,6 +12,7 @@ import pytest
 
 from app import create_app
 from tests.fakeq import FakeQ
+from tests.redis_server import shared_server
 from tests.support import ROOT, AmqServer, amq_env, app_config, clean_environ, running_amq, sdk_client
 
 __all__ = ["ROOT", "AmqServer", "amq_env"]
@@ -33,6 +35,19 @@ def _clean_environ(tmp_path_factory):
 def fake_q_session():
     with FakeQ() as fake:
         yield fake
+
+
+@pytest.fixture
+def fake():
+    """A fake Q of this test's own, for tests that change its logins, tokens or state."""
+    with FakeQ() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    """A real redis-server per test module; tests keep apart by their own key prefixes."""
+    yield from shared_server(tmp_path_factory)
 
 
 @pytest.fixture

@@ -20,7 +20,6 @@ from amq.credentials.manager import TokenManager
 from amq.credentials.oidc import RefreshRejected
 from amq.credentials.store import FileLock, FileStore
 from amq.errors import GatewayTimeout
-from tests.fakeq import FakeQ
 from tests.support import ROOT
 
 
@@ -30,12 +29,6 @@ class Clock:
 
     def __call__(self):
         return self.now
-
-
-@pytest.fixture
-def fake():
-    with FakeQ() as server:
-        yield server
 
 
 def store_login(path, fake, **extra) -> FileStore:

@@ -294,12 +294,6 @@ def test_models_argument_decides_model_ids():
 
 # ---------------------------------------------------------------- live server
 
-@pytest.fixture
-def fake():
-    with FakeQ() as server:
-        yield server
-
-
 def _auth(fake):
     return {**RPC_HEADERS, "Authorization": f"Bearer {fake.access_token}"}
 

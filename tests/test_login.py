@@ -23,12 +23,6 @@ from tests.fakeq import FakeQ
 from tests.support import ROOT, AmqServer
 
 
-@pytest.fixture
-def fake():
-    with FakeQ() as server:
-        yield server
-
-
 class FakeTime:
     """sleep() advances clock() at once; the sleeps are recorded."""
 

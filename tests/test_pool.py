@@ -34,12 +34,6 @@ def pool_config(fake: FakeQ, cache: Path, **extra) -> dict:
 
 
 @pytest.fixture
-def fake():
-    with FakeQ() as fake:
-        yield fake
-
-
-@pytest.fixture
 def store(tmp_path):
     return FileStore(str(tmp_path / "token.json"))
 

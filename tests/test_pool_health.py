@@ -15,8 +15,6 @@ from amq.credentials.redis_store import RedisStore
 from amq.credentials.store import FileStore
 from amq.q_errors import map_upstream_error
 from app import create_app
-from tests.fakeq import FakeQ
-from tests.redis_server import shared_server
 
 THROTTLED = ("429", "ThrottlingException", "USER_REQUEST_RATE_EXCEEDED", "Too many requests")
 MONTHLY = ("400", "ThrottlingException", "MONTHLY_REQUEST_COUNT", "reached for this month.")
@@ -28,17 +26,6 @@ BROKEN = ("500", "InternalServerException", "", "Encountered an unexpected error
 def error(kind: tuple):
     status, code, reason, message = kind
     return map_upstream_error(int(status), code, reason, message)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    yield from shared_server(tmp_path_factory)
-
-
-@pytest.fixture
-def fake():
-    with FakeQ() as fake:
-        yield fake
 
 
 @pytest.fixture(params=["file", "redis"])

@@ -14,23 +14,11 @@ import requests
 from amq.credentials.redis_store import RedisStore
 from app import create_app
 from tests.fakeq import FakeQ, text_reply, tool_reply
-from tests.redis_server import shared_server
 from tests.support import AmqServer, add_logins, sdk_client
 
 MODEL = "claude-sonnet-4-5"
 TOOLS = [{"name": "get_weather", "description": "Weather of a city.",
           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    yield from shared_server(tmp_path_factory)
-
-
-@pytest.fixture
-def fake():
-    with FakeQ() as fake:
-        yield fake
 
 
 def env_for(fake: FakeQ, redis, prefix: str, home: Path, **extra) -> dict:

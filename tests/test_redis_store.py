@@ -21,13 +21,8 @@ from amq.credentials.redis_store import RedisStore, redact
 from amq.errors import StoreUnavailable
 from app import create_app
 from tests.fakeq import FakeQ
-from tests.redis_server import RedisServer, free_port, shared_server
+from tests.redis_server import RedisServer, free_port
 from tests.support import ROOT
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    yield from shared_server(tmp_path_factory)
 
 
 @pytest.fixture

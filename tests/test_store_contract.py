@@ -13,16 +13,10 @@ import pytest
 
 from amq.credentials.record import DEFAULT_ACCOUNT
 from amq.credentials.store import FileStore, LockTimeout, StaleWrite
-from tests.redis_server import shared_server
 from tests.support import ROOT
 
 LOGIN = {"clientId": "cid", "clientSecret": "csecret", "refreshToken": "rt-1", "accessToken": "at-1",
          "expiresAt": 2_000_000_000.0, "source": "login"}
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory):
-    yield from shared_server(tmp_path_factory)
 
 
 @pytest.fixture(params=["file", "redis"])
