@@ -55,7 +55,7 @@ def dumps(value) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:  # integers beyond 64 bits, non-str keys, nesting deeper than 255
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        return _stdlib_compact(value, ascii_only=False).encode("utf-8")
 
 
 class OrjsonProvider(DefaultJSONProvider):
@@ -93,7 +93,7 @@ def dumps_wire(value) -> bytes:
     try:
         return orjson.dumps(value)
     except TypeError:
-        return json.dumps(value, separators=(",", ":")).encode("ascii")
+        return _stdlib_compact(value, ascii_only=True).encode("ascii")
 
 
 def dumps_text(value) -> str:
@@ -103,4 +103,9 @@ def dumps_text(value) -> str:
     try:
         return orjson.dumps(value).decode()
     except TypeError:
-        return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+        return _stdlib_compact(value, ascii_only=False)
+
+
+def _stdlib_compact(value, *, ascii_only: bool) -> str:
+    """The stdlib's compact JSON, where each writer above goes for what orjson refuses."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=ascii_only)
