@@ -12,6 +12,7 @@ import requests
 
 from . import metrics
 from .config import Settings
+from .cooperative import WhileWaiting
 from .credentials.manager import TokenManager
 from .credentials.pool import Account, AccountPool
 from .errors import ProxyError
@@ -50,14 +51,25 @@ class Proxy:
         if record is not None:
             record.model = q_model
         self._log_server_tools(request.conversion.skipped_tools)
-        translator = StreamTranslator(model=request.model or q_model,
-                                      input_tokens=count_request_tokens(request.payload),
+        conversation = conversation_key(request.payload, session) if self.settings.sticky_sessions else None
+        # The estimate is first needed in message_start, once Q answers: it is made while Q is called.
+        input_tokens = WhileWaiting(lambda: count_request_tokens(request.payload))
+        try:
+            account, response = self._open(request, q_model, conversation)
+        except BaseException:
+            input_tokens.cancel()
+            raise
+        try:
+            estimate = input_tokens.get()
+        except BaseException:  # the worker is stopping this greenlet: give the account back
+            self.pool.end(account)
+            response.close()
+            raise
+        translator = StreamTranslator(model=request.model or q_model, input_tokens=estimate,
                                       tool_names=request.conversion.tool_names,
                                       thinking=request.thinking,
                                       stop_sequences=request.stop_sequences, max_tokens=request.max_tokens,
                                       context_window=self.models.context_window(q_model))
-        conversation = conversation_key(request.payload, session) if self.settings.sticky_sessions else None
-        account, response = self._open(request, q_model, conversation)
         if record is not None:
             record.account = account.name
             record.usage_source = translator.usage

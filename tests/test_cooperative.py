@@ -56,3 +56,54 @@ def test_without_gevent_nothing_yields_or_needs_a_hub():
 
     body = convert_request(sized_request("150k", 1), origin="CLI").for_model("m")
     assert body["conversationState"]["currentMessage"]["userInputMessage"]["modelId"] == "m"
+
+
+WHILE_WAITING = textwrap.dedent("""
+    from gevent import monkey
+    monkey.patch_all()
+    import json, socket, time
+    import gevent
+    from amq.cooperative import WhileWaiting
+
+    ran = []
+    def estimate():
+        ran.append(time.monotonic())
+        return 42
+
+    # An upstream that answers 50 ms after it is asked.
+    server = socket.socket(); server.bind(("127.0.0.1", 0)); server.listen()
+    def answer():
+        conn, _ = server.accept(); conn.recv(10); gevent.sleep(0.05); conn.sendall(b"ok"); conn.close()
+    gevent.spawn(answer)
+
+    value = WhileWaiting(estimate)
+    before_wait = list(ran)
+    start = time.monotonic()
+    client = socket.create_connection(server.getsockname()); client.sendall(b"q"); client.recv(10)
+    end = time.monotonic()
+    result = value.get()
+
+    cancelled = WhileWaiting(estimate)
+    cancelled.cancel()
+    gevent.sleep(0.01)
+    print(json.dumps({"before_wait": len(before_wait), "during_wait": start <= ran[0] <= end,
+                      "result": result, "runs": len(ran)}))
+""")
+
+
+def test_a_value_while_waiting_is_computed_during_the_callers_network_wait():
+    out = subprocess.run([sys.executable, "-c", WHILE_WAITING], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen == {"before_wait": 0, "during_wait": True, "result": 42, "runs": 1}, seen
+
+
+def test_without_gevent_a_value_while_waiting_is_computed_when_asked_for():
+    from amq.cooperative import WhileWaiting
+
+    ran = []
+    value = WhileWaiting(lambda: ran.append(1) or 7)
+    assert ran == []
+    assert value.get() == 7 and ran == [1]
+    WhileWaiting(lambda: ran.append(2)).cancel()
+    assert ran == [1]

@@ -5,6 +5,7 @@ import anthropic
 import pytest
 import requests
 
+from tests.claude_code_requests import sized_request
 from tests.eventstream_encode import encode_event, encode_exception
 from tests.fakeq import events_reply, http_error, raw_reply, text_reply, tool_reply
 from tests.support import sse_events
@@ -95,6 +96,19 @@ def test_claude_code_shaped_request_is_accepted_by_strict_q(amq_server, fake_q):
     assert current["modelId"] == "claude-opus-4.7"  # not offered: the best opus the account has
     sent_text = json.dumps(fake_q.requests[-1]["body"])
     assert "You are Claude Code." in sent_text and "Environment: linux" in sent_text
+
+
+def test_large_request_reports_the_same_estimate_as_count_tokens(amq_server, fake_q):
+    """The estimate of a long conversation is made while Q is called (a greenlet in the gevent
+    worker); message_start still carries exactly what count_tokens says."""
+    request = sized_request("150k", 3)
+    fake_q.enqueue(text_reply("ok"))
+    events = sse_events(post_stream(amq_server, request))
+    counted = requests.post(amq_server.url + "/v1/messages/count_tokens", json=request, timeout=30,
+                            headers={"x-api-key": "sk-test", "anthropic-version": "2023-06-01"})
+    assert events[0][0] == "message_start" and events[-1][0] == "message_stop"
+    assert counted.json()["input_tokens"] > 10_000
+    assert events[0][1]["message"]["usage"]["input_tokens"] == counted.json()["input_tokens"]
 
 
 def test_sse_wire_format_and_headers(amq_server, fake_q):
