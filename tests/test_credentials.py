@@ -1,10 +1,8 @@
-"""The credential store shared by processes: lock, re-read, atomic writes, SIGKILL at any point."""
+"""The file store shared by processes: lock, re-read, atomic writes (SIGKILL mid-refresh: test_store_contract.py)."""
 from __future__ import annotations
 
 import json
 import os
-import random
-import signal
 import stat
 import subprocess
 import sys
@@ -250,96 +248,3 @@ def test_waiting_for_the_lock_keeps_a_gevent_worker_serving(tmp_path):
     assert result.returncode == 0, result.stderr
     ticks, locked = result.stdout.split()
     assert locked == "True" and int(ticks) >= 10  # ~40 expected in 0.4 s
-
-
-# --------------------------------------------------------------------------- SIGKILL
-
-KILL_CHILD = textwrap.dedent("""
-    import json, os, signal, sys
-    sys.path.insert(0, sys.argv[1])
-    import requests
-    import amq.credentials.manager, amq.credentials.oidc, amq.credentials.redis_store, amq.credentials.store
-    from amq.config import load_settings
-    from amq.errors import ProxyError
-    kill_at, count = int(sys.argv[2]), 0
-    def line(frame, event, arg):
-        global count
-        if event == "line":
-            count += 1
-            if count == kill_at:
-                print(f"{frame.f_code.co_name}:{frame.f_lineno}", flush=True)
-                os.kill(os.getpid(), signal.SIGKILL)
-        return line
-    def tracer(frame, event, arg):
-        return line if frame.f_code.co_filename in TRACED else None
-    TRACED = {m.__file__ for m in (amq.credentials.manager, amq.credentials.oidc, amq.credentials.store,
-                                   amq.credentials.redis_store)}
-    manager = amq.credentials.manager.TokenManager.from_settings(load_settings(), requests.Session())
-    sys.settrace(tracer)  # counts (and maybe kills at) each line run in the credential modules
-    try:
-        token = manager.get_token()
-    except ProxyError as exc:
-        sys.settrace(None)
-        print(json.dumps({"error": exc.message}))
-        sys.exit(3)
-    sys.settrace(None)
-    print(json.dumps({"token": token, "lines": count}))
-""")
-
-
-def kill_points(total: int) -> list[int]:
-    """One random line in each of 12 equal slices of a refresh (AMQ_KILL_POINTS=all: every line)."""
-    if os.environ.get("AMQ_KILL_POINTS") == "all":
-        return list(range(1, total + 1))
-    rng = random.Random(int(os.environ.get("AMQ_KILL_SEED", "20261125")))
-    edges = [1 + total * i // 12 for i in range(13)]
-    return sorted({rng.randrange(lo, max(hi, lo + 1)) for lo, hi in zip(edges, edges[1:], strict=False)})
-
-
-def test_refresh_killed_at_random_points_then_a_restart_still_works(tmp_path, fake):
-    """SIGKILL at random lines of a refresh (lock, write-ahead, request, write, rename, unlock).
-
-    Guarantee checked: the store is always whole and 0600, a dead holder never blocks the lock,
-    and the restart works, except when the kill fell after the service issued a new refresh
-    token and before the rename stored it. In that window (which no client can close) the
-    write-ahead marker must be there and the restart must say what happened.
-    """
-    path = tmp_path / "store.json"
-    cache = store_login(path, fake)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AMAZONQ_")}
-    env.update(AMAZONQ_TOKEN_CACHE=str(path), AMAZONQ_TOKEN_ENDPOINT=fake.token_url)
-
-    def child(kill_at: int):
-        with cache.lock():  # the access token has expired: the child must refresh
-            cache.save({k: v for k, v in cache.load().items() if k not in ("accessToken", "expiresAt")})
-        issued = len(refreshes(fake))
-        result = subprocess.run([sys.executable, "-c", KILL_CHILD, str(ROOT), str(kill_at)], env=env,
-                                capture_output=True, text=True, timeout=60)
-        return result, len(refreshes(fake)) > issued
-
-    dry, _ = child(0)
-    total = json.loads(dry.stdout)["lines"]
-    assert dry.returncode == 0 and total > 50
-    outcomes = []
-    for point in kill_points(total):
-        killed, issued = child(point)
-        where = killed.stdout.strip() if killed.returncode == -signal.SIGKILL else "(finished)"
-        stored = cache.load()  # whole JSON, or load() would have warned and returned {}
-        assert stored.get("refreshToken"), (point, where)
-        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
-        lost = not fake.refresh_token_valid(stored["refreshToken"])
-        restart, _ = child(0)
-        if lost:
-            # the only loss: the service issued, the process died before the rename
-            assert killed.returncode == -signal.SIGKILL and issued, (point, where)
-            assert stored.get("refreshStartedAt"), (point, where)
-            assert restart.returncode == 3 and "interrupted" in json.loads(restart.stdout)["error"]
-            store_login(path, fake, refreshToken=fake.new_login())  # the user logs in again
-        else:
-            assert restart.returncode == 0, (point, where, restart.stdout, restart.stderr)
-            assert fake.access_token_valid(json.loads(restart.stdout)["token"])
-            assert "refreshStartedAt" not in cache.load()
-        assert not [n for n in os.listdir(tmp_path) if ".tmp-" in n]
-        outcomes.append((point, where, "lost" if lost else "kept"))
-    print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
-    assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2

@@ -2,7 +2,6 @@
 trip on the request path, outages, and start-up faults named in one line."""
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -301,56 +300,6 @@ def test_waiting_for_the_redis_lock_keeps_a_gevent_worker_serving(redis_server, 
     assert result.returncode == 0, result.stderr
     ticks, locked = result.stdout.split()
     assert locked == "True" and int(ticks) >= 10  # ~40 expected in 0.4 s
-
-
-def test_refresh_killed_at_random_points_on_redis_then_a_restart_still_works(tmp_path, fake, redis_server,
-                                                                             prefix):
-    """The file store's SIGKILL test on Redis: killed at random lines of a refresh (lock,
-    write-ahead script, CreateToken, answer script, unlock), the record is always whole, and
-    the restart works, except when the kill fell after the service issued a new refresh token
-    and before the Lua script stored it; then the write-ahead marker says so."""
-    from tests.test_credentials import KILL_CHILD, kill_points
-
-    store = RedisStore(redis_server.client(), prefix=prefix)
-    seed_login(store, fake)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAZONQ_", "REDIS_"))}
-    env.update(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=prefix, AMAZONQ_TOKEN_ENDPOINT=fake.token_url,
-               AMAZONQ_TOKEN_CACHE=str(tmp_path / "unused.json"))
-    lock_key = prefix + "lock:default"
-
-    def child(kill_at: int):
-        redis_server.client().delete(lock_key)  # a dead holder's lock: its TTL is tested elsewhere
-        with store.lock():  # the access token has expired: the child must refresh
-            stored = {k: v for k, v in store.load().items() if k not in ("accessToken", "expiresAt")}
-            store.save(stored)
-        issued = len(refreshes(fake))
-        result = subprocess.run([sys.executable, "-c", KILL_CHILD, str(ROOT), str(kill_at)], env=env,
-                                capture_output=True, text=True, timeout=60)
-        return result, len(refreshes(fake)) > issued
-
-    dry, _ = child(0)
-    assert dry.returncode == 0, dry.stderr
-    total = json.loads(dry.stdout)["lines"]
-    outcomes = []
-    for point in kill_points(total):
-        killed, issued = child(point)
-        where = killed.stdout.strip() if killed.returncode == -signal.SIGKILL else "(finished)"
-        stored = store.load()
-        assert stored.get("refreshToken"), (point, where)
-        lost = not fake.refresh_token_valid(stored["refreshToken"])
-        restart, _ = child(0)
-        if lost:
-            assert killed.returncode == -signal.SIGKILL and issued, (point, where)
-            assert stored.get("refreshStartedAt"), (point, where)
-            assert restart.returncode == 3 and "interrupted" in json.loads(restart.stdout)["error"]
-            seed_login(store, fake, refreshToken=fake.new_login())  # the user logs in again
-        else:
-            assert restart.returncode == 0, (point, where, restart.stdout, restart.stderr)
-            assert fake.access_token_valid(json.loads(restart.stdout)["token"])
-            assert "refreshStartedAt" not in store.load()
-        outcomes.append((point, where, "lost" if lost else "kept"))
-    print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
-    assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2
 
 
 @pytest.mark.parametrize("url, expected", [

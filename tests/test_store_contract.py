@@ -2,7 +2,11 @@
 behave the same for everything the token manager and the commands rely on."""
 from __future__ import annotations
 
+import json
 import os
+import random
+import signal
+import stat
 import subprocess
 import sys
 import textwrap
@@ -145,3 +149,124 @@ def test_remove_deletes_one_account_and_leaves_the_others(store):
     store.remove("b")  # gone already: nothing happens
     store.replace_login(dict(LOGIN, refreshToken="rt-b2"), "b")  # a new login under the name works
     assert store.load("b")["refreshToken"] == "rt-b2"
+
+
+# --------------------------------------------------------------------------- SIGKILL mid-refresh
+
+KILL_CHILD = textwrap.dedent("""
+    import json, os, signal, sys
+    sys.path.insert(0, sys.argv[1])
+    import requests
+    import amq.credentials.manager, amq.credentials.oidc, amq.credentials.redis_store, amq.credentials.store
+    from amq.config import load_settings
+    from amq.errors import ProxyError
+    kill_at, count = int(sys.argv[2]), 0
+    def line(frame, event, arg):
+        global count
+        if event == "line":
+            count += 1
+            if count == kill_at:
+                print(f"{frame.f_code.co_name}:{frame.f_lineno}", flush=True)
+                os.kill(os.getpid(), signal.SIGKILL)
+        return line
+    def tracer(frame, event, arg):
+        return line if frame.f_code.co_filename in TRACED else None
+    TRACED = {m.__file__ for m in (amq.credentials.manager, amq.credentials.oidc, amq.credentials.store,
+                                   amq.credentials.redis_store)}
+    manager = amq.credentials.manager.TokenManager.from_settings(load_settings(), requests.Session())
+    sys.settrace(tracer)  # counts (and maybe kills at) each line run in the credential modules
+    try:
+        token = manager.get_token()
+    except ProxyError as exc:
+        sys.settrace(None)
+        print(json.dumps({"error": exc.message}))
+        sys.exit(3)
+    sys.settrace(None)
+    print(json.dumps({"token": token, "lines": count}))
+""")
+
+
+def kill_points(total: int) -> list[int]:
+    """One random line in each of 12 equal slices of a refresh (AMQ_KILL_POINTS=all: every line)."""
+    if os.environ.get("AMQ_KILL_POINTS") == "all":
+        return list(range(1, total + 1))
+    rng = random.Random(int(os.environ.get("AMQ_KILL_SEED", "20261125")))
+    edges = [1 + total * i // 12 for i in range(13)]
+    return sorted({rng.randrange(lo, max(hi, lo + 1)) for lo, hi in zip(edges, edges[1:], strict=False)})
+
+
+def seed_login(store, fake, **extra) -> None:
+    """The fake's login in the store, as `flask --app app login` leaves it."""
+    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
+
+
+def child_env(store, fake, tmp_path) -> dict[str, str]:
+    """The environment that points a child amq at this test's store and fake."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAZONQ_", "REDIS_"))}
+    env["AMAZONQ_TOKEN_ENDPOINT"] = fake.token_url
+    if store.kind == "file":
+        env["AMAZONQ_TOKEN_CACHE"] = store.path
+    else:
+        env.update(REDIS_URL=store.location, REDIS_KEY_PREFIX=store.prefix,
+                   AMAZONQ_TOKEN_CACHE=str(tmp_path / "unused.json"))
+    return env
+
+
+def refreshes(fake) -> list[dict]:
+    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
+
+
+def test_a_refresh_killed_at_random_points_then_a_restart_still_works(store, fake, tmp_path):
+    """SIGKILL at random lines of a refresh (lock, write-ahead, CreateToken, write: rename or Lua
+    script, unlock).
+
+    Guarantee checked: the record is always whole (a file also 0600, no temp file left), a dead
+    holder's flock never blocks the lock (a Redis lock's TTL is tested above), and the restart
+    works, except when the kill fell after the service issued a new refresh token and before the
+    store kept it. In that window (which no client can close) the write-ahead marker must be
+    there and the restart must say what happened.
+    """
+    seed_login(store, fake)
+    env = child_env(store, fake, tmp_path)
+    on_file = store.kind == "file"
+
+    def child(kill_at: int):
+        if not on_file:  # a killed holder's Redis lock lives out its TTL (tested above); flock dies with it
+            store.client.delete(store.lock().name)
+        with store.lock():  # the access token has expired: the child must refresh
+            store.save({k: v for k, v in store.load().items() if k not in ("accessToken", "expiresAt")})
+        issued = len(refreshes(fake))
+        result = subprocess.run([sys.executable, "-c", KILL_CHILD, str(ROOT), str(kill_at)], env=env,
+                                capture_output=True, text=True, timeout=60)
+        return result, len(refreshes(fake)) > issued
+
+    dry, _ = child(0)
+    assert dry.returncode == 0, dry.stderr
+    total = json.loads(dry.stdout)["lines"]
+    assert total > 50
+    outcomes = []
+    for point in kill_points(total):
+        killed, issued = child(point)
+        where = killed.stdout.strip() if killed.returncode == -signal.SIGKILL else "(finished)"
+        stored = store.load()  # whole, or load() would have warned and returned {}
+        assert stored.get("refreshToken"), (point, where)
+        if on_file:  # the file's own guarantees: private mode, no temporary file left behind
+            assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+        lost = not fake.refresh_token_valid(stored["refreshToken"])
+        restart, _ = child(0)
+        if lost:
+            # the only loss: the service issued, the process died before the store kept it
+            assert killed.returncode == -signal.SIGKILL and issued, (point, where)
+            assert stored.get("refreshStartedAt"), (point, where)
+            assert restart.returncode == 3 and "interrupted" in json.loads(restart.stdout)["error"]
+            seed_login(store, fake, refreshToken=fake.new_login())  # the user logs in again
+        else:
+            assert restart.returncode == 0, (point, where, restart.stdout, restart.stderr)
+            assert fake.access_token_valid(json.loads(restart.stdout)["token"])
+            assert "refreshStartedAt" not in store.load()
+        if on_file:
+            assert not [n for n in os.listdir(os.path.dirname(store.path)) if ".tmp-" in n]
+        outcomes.append((point, where, "lost" if lost else "kept"))
+    print("\n".join(f"kill at line {p:3d} {w:32s} {o}" for p, w, o in outcomes))
+    assert sum(o == "kept" for *_, o in outcomes) >= len(outcomes) // 2
