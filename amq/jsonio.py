@@ -9,8 +9,10 @@ difference falls back to the stdlib, which keeps amq's answers the same:
   converter replaces them (a cut emoji must not end a conversation);
 - NaN, Infinity, 1e400, a UTF-8 byte order mark, UTF-16/32 bodies: orjson refuses them; the
   stdlib reads them and amq gives its own error where it must;
-- integers beyond 64 bits: orjson reads them as floats, so bodies that may hold one (a run of
-  19 or more digits anywhere) go to the stdlib;
+- integers beyond 64 bits: orjson reads them as floats, so bodies that may hold one go to the
+  stdlib: a run of 19 or more digits where a number can begin (after "[", "," or ":", blanks
+  and a minus sign). Runs inside text (a nanosecond timestamp in a tool's output) do not
+  count, or one such run would send every later turn of the conversation to the slow path;
 - errors: a body neither accepts gets the stdlib's message, as before.
 """
 from __future__ import annotations
@@ -25,6 +27,8 @@ from flask.json.provider import DefaultJSONProvider
 # search (a regular expression over a 550 KB body costs more than orjson's whole parse).
 _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range(256))
 _LONG_RUN = b"0" * 19
+_BLANKS = b" \t\n\r"
+_BEFORE_A_VALUE = b"[,:"
 
 
 class Checked(dict):
@@ -39,7 +43,7 @@ def loads(raw: bytes):
 
     :raises ValueError, UnicodeDecodeError, RecursionError: as `json.loads` does.
     """
-    if _LONG_RUN not in raw.translate(_DIGITS_AS_ZERO):
+    if not _may_hold_a_long_integer(raw):
         try:
             value = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -47,6 +51,29 @@ def loads(raw: bytes):
         else:
             return Checked(value) if isinstance(value, dict) else value
     return json.loads(raw)
+
+
+def _may_hold_a_long_integer(raw: bytes) -> bool:
+    """Whether a run of 19 or more digits in `raw` may be a JSON integer: one that starts
+    where a value can (after "[", "," or ":", or at the start, then blanks and a minus sign).
+    Runs after anything else are inside strings, or are a fraction's or an exponent's digits,
+    which orjson reads as the stdlib does. A run in text that looks like that ("x, 1733...")
+    only costs the slower parse."""
+    digits = raw.translate(_DIGITS_AS_ZERO)
+    start = digits.find(_LONG_RUN)
+    while start >= 0:  # find() returns where each run starts: an earlier start would match first
+        before = start - 1
+        if before >= 0 and raw[before] == 0x2D:  # "-"
+            before -= 1
+        while before >= 0 and raw[before] in _BLANKS:
+            before -= 1
+        if before < 0 or raw[before] in _BEFORE_A_VALUE:
+            return True
+        end = digits.find(b" ", start)
+        if end < 0:
+            return False
+        start = digits.find(_LONG_RUN, end)
+    return False
 
 
 def dumps(value) -> bytes:
