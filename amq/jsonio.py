@@ -10,9 +10,10 @@ difference falls back to the stdlib, which keeps amq's answers the same:
 - NaN, Infinity, 1e400, a UTF-8 byte order mark, UTF-16/32 bodies: orjson refuses them; the
   stdlib reads them and amq gives its own error where it must;
 - integers beyond 64 bits: orjson reads them as floats, so bodies that may hold one go to the
-  stdlib: a run of 19 or more digits where a number can begin (after "[", "," or ":", blanks
-  and a minus sign). Runs inside text (a nanosecond timestamp in a tool's output) do not
-  count, or one such run would send every later turn of the conversation to the slow path;
+  stdlib: a run of 19 or more digits where a number can begin (at the start, or after "[",
+  "," or ":", then blanks and a minus sign). Runs inside text (a nanosecond timestamp in a
+  tool's output) do not count, or one such run would send every later turn of the
+  conversation to the slow path;
 - errors: a body neither accepts gets the stdlib's message, as before.
 """
 from __future__ import annotations
@@ -29,6 +30,8 @@ _DIGITS_AS_ZERO = bytes(0x30 if 0x30 <= byte <= 0x39 else 0x20 for byte in range
 _LONG_RUN = b"0" * 19
 _BLANKS = b" \t\n\r"
 _BEFORE_A_VALUE = b"[,:"
+_LOOK_BACK = 64  # bytes before a run that are looked at (more blanks than that: "may be")
+_RUNS_LOOKED_AT = 64  # runs looked at, plus one per 16 KiB of body (more: "may be")
 
 
 class Checked(dict):
@@ -55,19 +58,27 @@ def loads(raw: bytes):
 
 def _may_hold_a_long_integer(raw: bytes) -> bool:
     """Whether a run of 19 or more digits in `raw` may be a JSON integer: one that starts
-    where a value can (after "[", "," or ":", or at the start, then blanks and a minus sign).
+    where a value can (at the start, or after "[", "," or ":", then blanks and a minus sign).
     Runs after anything else are inside strings, or are a fraction's or an exponent's digits,
     which orjson reads as the stdlib does. A run in text that looks like that ("x, 1733...")
-    only costs the slower parse."""
+    only costs the slower parse. So does a body with more runs than the budget, or with more
+    blanks before one than `_LOOK_BACK`: the check's own cost stays a small share of a parse,
+    whatever a client sends."""
     digits = raw.translate(_DIGITS_AS_ZERO)
+    budget = _RUNS_LOOKED_AT + len(raw) // 16384
     start = digits.find(_LONG_RUN)
     while start >= 0:  # find() returns where each run starts: an earlier start would match first
-        before = start - 1
-        if before >= 0 and raw[before] == 0x2D:  # "-"
-            before -= 1
-        while before >= 0 and raw[before] in _BLANKS:
-            before -= 1
-        if before < 0 or raw[before] in _BEFORE_A_VALUE:
+        budget -= 1
+        if budget < 0:
+            return True
+        window = start - _LOOK_BACK
+        before = raw[max(0, window):start]
+        if before.endswith(b"-"):
+            before = before[:-1]
+        before = before.rstrip(_BLANKS)
+        if not before:  # the start of the body, or too many blanks to look past
+            return True
+        if before[-1] in _BEFORE_A_VALUE:
             return True
         end = digits.find(b" ", start)
         if end < 0:
