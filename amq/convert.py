@@ -574,5 +574,5 @@ def convert_request(request: dict, *, origin: str, conversation_id: str | None =
     except RecursionError:
         raise InvalidRequest("the request is nested too deeply") from None
     if len(turns) >= GIVE_WAY_EVERY:
-        give_way()  # before the token count and the upstream call of a long conversation
+        give_way()  # before the upstream call of a long conversation
     return Conversion(body=body, tool_names=tool_names, skipped_tools=skipped)

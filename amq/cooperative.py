@@ -29,10 +29,15 @@ class Helper(Protocol):
     def join(self, timeout: float | None = None) -> None: ...
 
 
+def in_gevent_worker() -> bool:
+    """Whether gevent has patched this process (a gevent worker, or a script that patched)."""
+    return monkey.is_module_patched("socket")
+
+
 def give_way() -> None:
     """One turn of the event loop for the other greenlets, in a monkey-patched gevent worker;
     elsewhere nothing (threads are switched by the interpreter)."""
-    if not monkey.is_module_patched("socket"):
+    if not in_gevent_worker():
         return
     hub = get_hub()
     waiter = Waiter(hub)
@@ -46,7 +51,7 @@ def start_helper(target: Callable[[], None], name: str) -> Helper:
     """Run `target` beside the caller: a bare greenlet in a gevent worker (a patched
     threading.Thread costs several times as much to start and join, paid on every answer),
     a daemon thread elsewhere."""
-    if monkey.is_module_patched("socket"):
+    if in_gevent_worker():
         return gevent.spawn(target)
     thread = threading.Thread(target=target, name=name, daemon=True)
     thread.start()
@@ -55,20 +60,36 @@ def start_helper(target: Callable[[], None], name: str) -> Helper:
 
 class WhileWaiting(Generic[T]):
     """A value the caller needs only after a network wait it is about to begin, computed
-    during that wait: in a gevent worker a greenlet, which runs once the caller blocks on the
-    socket (the token estimate of a 550 KB request, about a millisecond, then costs the answer
-    nothing, where before it delayed the call to Q); elsewhere computed when first asked for.
-    The CPU is the same either way: the other streams of the worker see no difference."""
+    during that wait: in a gevent worker a greenlet, which runs once the caller first blocks
+    (on the socket to Q, unless something else comes first, such as a Redis round trip);
+    elsewhere computed when asked for. The token estimate of a 550 KB request, about a
+    millisecond, then no longer delays the call to Q. The CPU is the same either way: the
+    other streams of the worker see no difference."""
 
-    def __init__(self, compute: Callable[[], T]):
+    def __init__(self, compute: Callable[[], T]) -> None:
         self._compute = compute
-        self._greenlet = gevent.spawn(compute) if monkey.is_module_patched("socket") else None
+        self._outcome: tuple[bool, object] | None = None  # (raised, value or exception)
+        self._greenlet = gevent.spawn(self._run) if in_gevent_worker() else None
+
+    def _run(self) -> None:
+        # Kept for get(), where the caller's own error handling sees it; raised in the
+        # greenlet, it would also be printed by gevent's hub, outside logging.
+        try:
+            self._outcome = (False, self._compute())
+        except Exception as exc:  # noqa: BLE001 - re-raised by get()
+            self._outcome = (True, exc)
 
     def get(self) -> T:
         """The value (computed now if the wait never let it run); its exception, if it raised."""
         if self._greenlet is None:
             return self._compute()
-        return self._greenlet.get()
+        self._greenlet.join()
+        if self._outcome is None:  # killed before it ran: cancel() was called
+            raise RuntimeError("the value was cancelled")
+        raised, result = self._outcome
+        if raised:
+            raise result  # type: ignore[misc]
+        return result  # type: ignore[return-value]
 
     def cancel(self) -> None:
         """Not wanted after all (the wait failed): a greenlet not yet run never runs."""

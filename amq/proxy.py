@@ -61,7 +61,8 @@ class Proxy:
             raise
         try:
             estimate = input_tokens.get()
-        except BaseException:  # the worker is stopping this greenlet: give the account back
+        except BaseException:  # the estimate failed, or the worker is stopping this greenlet
+            input_tokens.cancel()
             self.pool.end(account)
             response.close()
             raise

@@ -86,16 +86,28 @@ WHILE_WAITING = textwrap.dedent("""
     cancelled = WhileWaiting(estimate)
     cancelled.cancel()
     gevent.sleep(0.01)
+
+    def broken():
+        raise ValueError("no estimate")
+    failing = WhileWaiting(broken)
+    gevent.sleep(0.01)  # it runs, and fails, during this wait
+    try:
+        failing.get()
+        error = None
+    except ValueError as exc:
+        error = str(exc)
     print(json.dumps({"before_wait": len(before_wait), "during_wait": start <= ran[0] <= end,
-                      "result": result, "runs": len(ran)}))
+                      "result": result, "runs": len(ran), "error": error}))
 """)
 
 
 def test_a_value_while_waiting_is_computed_during_the_callers_network_wait():
-    out = subprocess.run([sys.executable, "-c", WHILE_WAITING], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60, check=True).stdout
-    seen = json.loads(out.strip().splitlines()[-1])
-    assert seen == {"before_wait": 0, "during_wait": True, "result": 42, "runs": 1}, seen
+    run = subprocess.run([sys.executable, "-c", WHILE_WAITING], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, check=True)
+    seen = json.loads(run.stdout.strip().splitlines()[-1])
+    assert seen == {"before_wait": 0, "during_wait": True, "result": 42, "runs": 1,
+                    "error": "no estimate"}, seen
+    assert "ValueError" not in run.stderr  # raised to get()'s caller only, not printed by the hub
 
 
 def test_without_gevent_a_value_while_waiting_is_computed_when_asked_for():

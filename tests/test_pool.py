@@ -486,6 +486,34 @@ def test_a_stream_closed_right_after_its_first_event_frees_its_account_and_qs_co
         assert opened == [] and proxy.pool.accounts()[0].inflight == 0
 
 
+def test_a_failing_token_estimate_frees_the_account_and_qs_connection(fake, store, monkeypatch):
+    """The estimate is made while Q is called, so it can fail after Q answered: the account and
+    Q's connection are given back, and the client gets an Anthropic-shaped error."""
+    add_logins(fake, store, a={})
+    app = make_app(fake, store)
+    proxy = app.extensions["amq"]
+    opened = []
+    real_open = proxy.client.open
+
+    def spy_open(*args, **kwargs):
+        response = real_open(*args, **kwargs)
+        real_close = response.close
+        response.close = lambda: (opened.remove(response), real_close())
+        opened.append(response)
+        return response
+
+    def broken_estimate(payload):
+        raise ValueError("estimate failed")
+
+    proxy.client.open = spy_open
+    monkeypatch.setattr("amq.proxy.count_request_tokens", broken_estimate)
+    response = app.test_client().post("/v1/messages", json=fresh())
+    assert response.status_code == 500 and response.get_json()["type"] == "error"
+    assert response.get_json()["error"]["type"] == "api_error"
+    assert fake.accounts["a"].served == 1  # Q was called: the estimate came after
+    assert opened == [] and proxy.pool.accounts()[0].inflight == 0
+
+
 def test_one_account_that_can_serve_keeps_the_in_call_retries(fake, store):
     add_logins(fake, store, a={}, b={})
     app = make_app(fake, store)
