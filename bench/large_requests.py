@@ -16,9 +16,11 @@ Three parts, each printed with its target and PASS/MISS:
    adapter faked: CPU from the POST until requests hands the Q call to its adapter, i.e.
    everything before the upstream call, with the garbage collector set as a gunicorn worker
    sets it once its app is loaded (amq/collector.py). Target: <= 8 ms for 550 KB. Since
-   41df7b3 the token count is not in that figure: a gevent worker makes the estimate while
-   Q is called (amq/cooperative.py WhileWaiting); its stage column still shows its cost and
-   part 2's worker CPU includes it.
+   41df7b3 the token count is not in that figure: a gevent worker makes the estimate at the
+   request's first wait, here the call to Q (amq/cooperative.py WhileWaiting); its stage
+   column still shows its cost and part 2's worker CPU includes it. The figure is also given
+   in stdlib round trips of the same body, one timed beside each repeat (the median of the
+   per-repeat ratios), which the machine's drift moves much less than the milliseconds.
 2. **Sequential, one worker** (gunicorn -k gevent, 1 worker, before bench/fastq.py answering
    at once): worker CPU per request from /proc, for small, 150 KB and 550 KB requests, in
    4 rounds, each followed by a stdlib JSON round trip of the 550 KB body in this process.
