@@ -463,9 +463,8 @@ def test_a_model_no_account_offers_is_a_400_not_a_429(fake, store):
     assert len(fake.requests) == 2
 
 
-def test_a_stream_closed_right_after_its_first_event_frees_its_account_and_qs_connection(fake, store):
-    add_logins(fake, store, a={})
-    proxy = make_app(fake, store).extensions["amq"]
+def open_responses(proxy) -> list:
+    """The Q responses `proxy` has opened and not yet closed (kept up to date)."""
     opened = []
     real_open = proxy.client.open
 
@@ -477,6 +476,13 @@ def test_a_stream_closed_right_after_its_first_event_frees_its_account_and_qs_co
         return response
 
     proxy.client.open = spy_open
+    return opened
+
+
+def test_a_stream_closed_right_after_its_first_event_frees_its_account_and_qs_connection(fake, store):
+    add_logins(fake, store, a={})
+    proxy = make_app(fake, store).extensions["amq"]
+    opened = open_responses(proxy)
     for start in (True, False):  # the client drops at the first write, or before any
         events = proxy.open_message(proxy.validate(fresh()))
         if start:
@@ -492,20 +498,11 @@ def test_a_failing_token_estimate_frees_the_account_and_qs_connection(fake, stor
     add_logins(fake, store, a={})
     app = make_app(fake, store)
     proxy = app.extensions["amq"]
-    opened = []
-    real_open = proxy.client.open
-
-    def spy_open(*args, **kwargs):
-        response = real_open(*args, **kwargs)
-        real_close = response.close
-        response.close = lambda: (opened.remove(response), real_close())
-        opened.append(response)
-        return response
+    opened = open_responses(proxy)
 
     def broken_estimate(payload):
         raise ValueError("estimate failed")
 
-    proxy.client.open = spy_open
     monkeypatch.setattr("amq.proxy.count_request_tokens", broken_estimate)
     response = app.test_client().post("/v1/messages", json=fresh())
     assert response.status_code == 500 and response.get_json()["type"] == "error"
