@@ -61,6 +61,17 @@ def sse_events(response) -> list[tuple[str, dict]]:
     return out
 
 
+def seed_login(store, fake: FakeQ, **extra) -> None:
+    """The fake's login in a credential store, as `flask --app app login` leaves it."""
+    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
+                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
+
+
+def refreshes(fake: FakeQ) -> list[dict]:
+    """The refresh-token grants the fake has answered, in order."""
+    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
+
+
 def amq_env(fake: FakeQ, cache_path: Path, **extra) -> dict:
     """The settings that point amq at `fake`, with its own credential store."""
     env = {"AMAZONQ_REFRESH_TOKEN": fake.refresh_token, "AMAZONQ_CLIENT_ID": fake.client_id,

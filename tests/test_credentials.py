@@ -18,7 +18,7 @@ from amq.credentials.manager import TokenManager
 from amq.credentials.oidc import RefreshRejected
 from amq.credentials.store import FileLock, FileStore
 from amq.errors import GatewayTimeout
-from tests.support import ROOT
+from tests.support import ROOT, refreshes
 
 
 class Clock:
@@ -40,10 +40,6 @@ def store_login(path, fake, **extra) -> FileStore:
 def manager_for(path, fake, clock=None, **env) -> TokenManager:
     settings = load_settings({"AMAZONQ_TOKEN_CACHE": str(path), "AMAZONQ_TOKEN_ENDPOINT": fake.token_url, **env})
     return TokenManager.from_settings(settings, requests.Session(), **({"clock": clock} if clock else {}))
-
-
-def refreshes(fake):
-    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
 
 
 def run_all(functions):

@@ -9,7 +9,7 @@ import time
 import requests
 
 from tests.fakeq import FakeQ
-from tests.support import AmqServer, amq_env
+from tests.support import AmqServer, amq_env, refreshes
 
 TTL = 4.0  # seconds an access token lives
 MARGIN = TTL * 0.2  # amq refreshes this long before expiry (TokenManager.MARGIN_FRACTION)
@@ -44,20 +44,20 @@ def test_four_workers_share_one_rotating_login(tmp_path):
         finally:
             server.stop()
 
-        refreshes = [e for e in fake.token_log if e["grantType"] == "refresh_token"]
+        grants = refreshes(fake)
         served_by = set(re.findall(r"\[(\d+)\] INFO amq\.access: POST /v1/messages 200", log))
         refreshed_by = re.findall(r"\[(\d+)\] INFO amq\.credentials\.manager: access token refreshed", log)
-        gaps = [b["at"] - a["at"] for a, b in zip(refreshes, refreshes[1:], strict=False)]
-        summary = (f"{len(statuses)} requests, {len(refreshes)} refreshes by workers {refreshed_by}, "
+        gaps = [b["at"] - a["at"] for a, b in zip(grants, grants[1:], strict=False)]
+        summary = (f"{len(statuses)} requests, {len(grants)} refreshes by workers {refreshed_by}, "
                    f"gaps {[round(g, 2) for g in gaps][:20]}, served by {len(served_by)} workers, "
                    f"{fake.bearer_rejections} expired-token rejections")
         print(summary)
         assert len(statuses) >= 200 and set(statuses) == {200}, summary
-        assert [e["error"] for e in refreshes] == [None] * len(refreshes), summary  # no invalid_grant
+        assert [e["error"] for e in grants] == [None] * len(grants), summary  # no invalid_grant
         assert len(served_by) >= 2, summary  # several processes really took part
         # one refresh per expiry: none long before the previous token reached its margin (a
         # second refresh of the same expiry would follow within milliseconds)...
         assert all(gap >= (TTL - MARGIN) / 2 for gap in gaps), summary
         # ...and the tokens kept being renewed for the whole run
-        assert len(refreshes) >= int(DURATION / TTL) + 1, summary
+        assert len(grants) >= int(DURATION / TTL) + 1, summary
         assert "Traceback" not in log

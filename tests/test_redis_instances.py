@@ -16,7 +16,7 @@ import requests
 from amq.credentials.redis_store import RedisStore
 from tests.fakeq import FakeQ, text_reply
 from tests.redis_server import RedisServer
-from tests.support import AmqServer, sse_events
+from tests.support import AmqServer, refreshes, seed_login, sse_events
 
 BODY = {"model": "claude-sonnet-4-5", "max_tokens": 20, "messages": [{"role": "user", "content": "hi"}]}
 HEADERS = {"Connection": "close", "x-api-key": "x", "anthropic-version": "2023-06-01"}
@@ -35,13 +35,8 @@ def instance_env(fake: FakeQ, redis: RedisServer, home: Path, **extra) -> dict:
 
 def store_login(redis: RedisServer, fake: FakeQ, **extra) -> RedisStore:
     store = RedisStore(redis.client(), prefix=PREFIX)
-    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
+    seed_login(store, fake, **extra)
     return store
-
-
-def refreshes(fake: FakeQ) -> list[dict]:
-    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
 
 
 def worker_pids(server: AmqServer) -> list[int]:

@@ -21,7 +21,7 @@ from amq.errors import StoreUnavailable
 from app import create_app
 from tests.fakeq import FakeQ
 from tests.redis_server import RedisServer, free_port
-from tests.support import ROOT
+from tests.support import ROOT, refreshes, seed_login
 
 
 @pytest.fixture
@@ -37,11 +37,6 @@ def settings_for(url: str, fake: FakeQ, prefix: str, **extra):
     return load_settings(env)
 
 
-def seed_login(store: RedisStore, fake: FakeQ, **extra) -> None:
-    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
-
-
 @pytest.fixture
 def prefix():
     return f"t-{uuid.uuid4().hex[:8]}:"
@@ -53,10 +48,6 @@ def manager_for(server, fake, prefix, *, seed: bool = True, **kwargs) -> TokenMa
         seed_login(RedisStore(server.client(), prefix=prefix), fake)
     settings = settings_for(server.url, fake, prefix)
     return TokenManager.from_settings(settings, requests.Session(), **kwargs)
-
-
-def refreshes(fake):
-    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
 
 
 def test_managers_sharing_redis_refresh_once_and_store_the_rotated_token(redis_server, fake, prefix):

@@ -17,7 +17,7 @@ import pytest
 
 from amq.credentials.record import DEFAULT_ACCOUNT
 from amq.credentials.store import FileStore, LockTimeout, StaleWrite
-from tests.support import ROOT
+from tests.support import ROOT, refreshes, seed_login
 
 LOGIN = {"clientId": "cid", "clientSecret": "csecret", "refreshToken": "rt-1", "accessToken": "at-1",
          "expiresAt": 2_000_000_000.0, "source": "login"}
@@ -195,12 +195,6 @@ def kill_points(total: int) -> list[int]:
     return sorted({rng.randrange(lo, max(hi, lo + 1)) for lo, hi in zip(edges, edges[1:], strict=False)})
 
 
-def seed_login(store, fake, **extra) -> None:
-    """The fake's login in the store, as `flask --app app login` leaves it."""
-    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
-
-
 def child_env(store, fake, tmp_path) -> dict[str, str]:
     """The environment that points a child amq at this test's store and fake."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AMAZONQ_", "REDIS_"))}
@@ -212,9 +206,6 @@ def child_env(store, fake, tmp_path) -> dict[str, str]:
                    AMAZONQ_TOKEN_CACHE=str(tmp_path / "unused.json"))
     return env
 
-
-def refreshes(fake) -> list[dict]:
-    return [e for e in fake.token_log if e["grantType"] == "refresh_token"]
 
 
 def test_a_refresh_killed_at_random_points_then_a_restart_still_works(store, fake, tmp_path):
