@@ -107,7 +107,7 @@ class _Turn:
 
 def _check_unicode(name: str, where: str) -> None:
     """Tool names go back to the client in the answer, so they must be encodable text."""
-    if not name.isascii() and _LONE_SURROGATE.search(name):
+    if _LONE_SURROGATE.search(name):
         raise InvalidRequest(f"{where}: holds a lone UTF-16 surrogate, which is not text")
 
 
@@ -305,7 +305,7 @@ def _add_block(turn: _Turn, block, i: int, j: int) -> None:
         name = block.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidRequest(f"{_block_at(i, j)}.name: must be a non-empty string")
-        if not name.isascii():
+        if not name.isascii():  # the check, and its error's location, only where it can fail
             _check_unicode(name, f"{_block_at(i, j)}.name")
         tool_input = block.get("input", {})
         if not isinstance(tool_input, dict):

@@ -30,8 +30,8 @@ def _blocks_chars(blocks, other: list) -> tuple[int, int]:
         if not isinstance(block, dict):
             continue
         kind = block.get("type")
-        if kind == "text":
-            text = block.get("text", "")
+        if kind == "text" or kind == "thinking":  # each block's text is under its own type's name
+            text = block.get(kind, "")
             chars += len(text) if isinstance(text, str) else len(str(text))
         elif kind == "tool_result":
             content = block.get("content")
@@ -40,9 +40,6 @@ def _blocks_chars(blocks, other: list) -> tuple[int, int]:
             else:
                 c, i = _blocks_chars(content if isinstance(content, list) else (content or "",), other)
                 chars, images = chars + c + TOOL_RESULT_OVERHEAD, images + i
-        elif kind == "thinking":
-            text = block.get("thinking", "")
-            chars += len(text) if isinstance(text, str) else len(str(text))
         elif kind == "image":
             images += 1
         else:

@@ -379,7 +379,6 @@ def _chunks_with_pings(response: requests.Response, interval: float) -> Iterator
             chunks.get_nowait()
         reader.join(timeout=2.0)
         watcher.join(timeout=2.0)
-        response.close()
 
 
 def _shutdown_socket(response: requests.Response) -> None:
