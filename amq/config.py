@@ -174,7 +174,7 @@ class ServerSettings:
 
 def _parse_model_map(raw: str) -> dict[str, str]:
     mapping = {}
-    for item in filter(None, (part.strip() for part in raw.split(","))):
+    for item in _names(raw):
         name, sep, target = item.partition("=")
         if not sep or not name.strip() or not target.strip():
             raise ConfigError(
@@ -185,7 +185,7 @@ def _parse_model_map(raw: str) -> dict[str, str]:
 
 
 def _names(raw: str) -> tuple[str, ...]:
-    """A comma-separated setting (keys, account names) as its non-empty items."""
+    """A comma-separated setting (keys, account names, model map entries) as its non-empty items."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 

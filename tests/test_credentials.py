@@ -18,7 +18,7 @@ from amq.credentials.manager import TokenManager
 from amq.credentials.oidc import RefreshRejected
 from amq.credentials.store import FileLock, FileStore
 from amq.errors import GatewayTimeout
-from tests.support import ROOT, refreshes
+from tests.support import ROOT, refreshes, seed_login
 
 
 class Clock:
@@ -32,8 +32,7 @@ class Clock:
 def store_login(path, fake, **extra) -> FileStore:
     """A store holding the fake's login, as `flask --app app login` leaves it."""
     cache = FileStore(str(path))
-    cache.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.refresh_token, "source": "login", "seed": "", **extra})
+    seed_login(cache, fake, **extra)
     return cache
 
 

@@ -15,6 +15,7 @@ from amq.credentials.redis_store import RedisStore
 from amq.credentials.store import FileStore
 from amq.q_errors import map_upstream_error
 from app import create_app
+from tests.support import add_logins
 
 THROTTLED = ("429", "ThrottlingException", "USER_REQUEST_RATE_EXCEEDED", "Too many requests")
 MONTHLY = ("400", "ThrottlingException", "MONTHLY_REQUEST_COUNT", "reached for this month.")
@@ -29,7 +30,7 @@ def error(kind: tuple):
 
 
 @pytest.fixture(params=["file", "redis"])
-def setup(request, fake, tmp_path, redis_server):
+def setup(request, fake, tmp_path):
     """(store, config): two apps built from `config` are two workers sharing the store."""
     config = {"AMAZONQ_API_ENDPOINT": fake.url, "LOG_LEVEL": "WARNING", "HOME": str(tmp_path),
               "AMAZONQ_POOL_SYNC_INTERVAL": "600",  # each worker keeps its copy: stale on purpose
@@ -38,14 +39,12 @@ def setup(request, fake, tmp_path, redis_server):
         store = FileStore(str(tmp_path / "token.json"))
         config["AMAZONQ_TOKEN_CACHE"] = store.path
     else:
+        redis_server = request.getfixturevalue("redis_server")
         prefix = f"health-{uuid.uuid4().hex[:6]}:"
         store = RedisStore(redis_server.client(), prefix=prefix)
         config.update(REDIS_URL=redis_server.url, REDIS_KEY_PREFIX=prefix,
                       AMAZONQ_TOKEN_CACHE=str(tmp_path / "never-used.json"))
-    for name in ("a", "b"):
-        store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                             "refreshToken": fake.add_account(name), "tokenEndpoint": fake.token_url,
-                             "source": "login"}, name)
+    add_logins(fake, store, a={}, b={})
     return store, config, fake
 
 
@@ -103,6 +102,7 @@ def test_failures_in_a_row_are_counted_across_workers_and_success_only_resets_th
     first.report_failure(account(first, "a"), error(BROKEN))
     second.report_failure(account(second, "a"), error(BROKEN))  # the second in a row: a rest
     assert state(first, "a")[0] == "cooling"
+    second.report_failure(account(second, "b"), error(BROKEN))  # second's copy: active, 1 failure
     first.report_failure(account(first, "b"), error(THROTTLED))
     second.report_success(account(second, "b"))  # a stale "active" with failures: not written back
     assert state(first, "b")[0] == "cooling"
@@ -134,9 +134,7 @@ def test_a_refused_login_stays_invalid_until_a_new_login(setup):
     for pool in (second, first):  # others try it still (a usage poll, a request already under way)
         _refused(pool)
     assert all(state(pool, "a") == ("invalid", None) for pool in (first, second))
-    store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.add_account("a"), "tokenEndpoint": fake.token_url,
-                         "source": "login"}, "a")
+    add_logins(fake, store, a={})
     assert all(state(pool, "a") == ("active", None) for pool in (first, second))
 
 

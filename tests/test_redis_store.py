@@ -24,12 +24,6 @@ from tests.redis_server import RedisServer, free_port
 from tests.support import ROOT, refreshes, seed_login
 
 
-@pytest.fixture
-def fake():
-    with FakeQ(access_token_ttl=3600, rotate_refresh_tokens=True) as server:
-        yield server
-
-
 def settings_for(url: str, fake: FakeQ, prefix: str, **extra):
     env = {"REDIS_URL": url, "REDIS_KEY_PREFIX": prefix, "AMAZONQ_TOKEN_ENDPOINT": fake.token_url,
            "AMAZONQ_TOKEN_CACHE": "/nonexistent/never-used.json"}
@@ -103,8 +97,7 @@ def test_a_writer_whose_lock_expired_cannot_overwrite_a_newer_login(redis_server
         def post(self, *args, **kwargs):
             response = super().post(*args, **kwargs)
             time.sleep(1.0)  # the lock (TTL 0.5 s) expires meanwhile
-            store.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                                 "refreshToken": new_login, "source": "login", "seed": ""})
+            seed_login(store, fake, refreshToken=new_login)
             return response
 
     paused = TokenManager.from_settings(settings, PausingSession(), store=store)
@@ -229,8 +222,7 @@ def test_copy_login_from_the_file_store_into_redis_and_back(tmp_path, fake, redi
     from amq.credentials.store import FileStore
 
     files = FileStore(str(tmp_path / "store.json"))
-    files.replace_login({"clientId": fake.client_id, "clientSecret": fake.client_secret,
-                         "refreshToken": fake.refresh_token, "source": "login", "seed": ""})
+    seed_login(files, fake)
     redis_settings = {"REDIS_URL": redis_server.url, "REDIS_KEY_PREFIX": prefix}
     copied = invoke(fake, tmp_path, "copy-login", "--to", "redis", **redis_settings)
     assert copied.exit_code == 0, copied.output

@@ -207,7 +207,6 @@ def child_env(store, fake, tmp_path) -> dict[str, str]:
     return env
 
 
-
 def test_a_refresh_killed_at_random_points_then_a_restart_still_works(store, fake, tmp_path):
     """SIGKILL at random lines of a refresh (lock, write-ahead, CreateToken, write: rename or Lua
     script, unlock).

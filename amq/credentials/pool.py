@@ -39,7 +39,7 @@ from datetime import UTC, datetime
 from ..config import DEFAULT_REGION, Settings
 from ..errors import InvalidRequest, NoAccountAvailable, ProxyError, StoreUnavailable
 from .manager import NoCredentials, TokenManager
-from .pool_state import Deltas, HealthChange, PoolState, apply_change, login_identity
+from .pool_state import Deltas, HealthChange, PoolState, apply_change, login_identity, marked_for_an_older_login
 from .record import DEFAULT_ACCOUNT, iso_time
 from .store import CredentialStore
 
@@ -202,8 +202,8 @@ class AccountPool:
         until = health.get("until")
         if state in ("cooling", "exhausted") and (until is None or until <= now):
             return "active", None, ""
-        if state == "invalid" and self._logins.get(name) and health.get("login") != self._logins[name]:
-            return "active", None, ""  # a new login was stored since
+        if marked_for_an_older_login(health, self._logins.get(name)):
+            return "active", None, ""
         if state not in STATES:
             return "active", None, ""
         return state, until, str(health.get("reason") or "")

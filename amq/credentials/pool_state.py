@@ -112,9 +112,7 @@ def apply_change(current: dict, change: HealthChange) -> dict:
             return health
         kind = "rest"
     health["failures"] = 0
-    state = health.get("state") or "active"
-    if state == "invalid" and change.login and health.get("login") != change.login:
-        state = "active"  # marked for a login that has since been replaced
+    state = "active" if marked_for_an_older_login(health, change.login) else health.get("state") or "active"
     if kind == "out":
         if state != "disabled":  # the operator's word stands
             health.update(state=change.state, until=None, reason=change.reason, login=change.login)
@@ -127,6 +125,12 @@ def apply_change(current: dict, change: HealthChange) -> dict:
         return health  # a longer rest is under way
     health.update(state=change.state, until=change.until, reason=change.reason)
     return health
+
+
+def marked_for_an_older_login(health: dict, login: str | None) -> bool:
+    """An `invalid` mark made under a login that has since been replaced: the account is active
+    again (a new login is the end of `invalid`). `login`: the identity of the stored login."""
+    return health.get("state") == "invalid" and bool(login) and health.get("login") != login
 
 
 def login_identity(record: dict) -> str:
