@@ -10,7 +10,8 @@ cost). So the worker freezes what exists once its app is loaded (modules, the ap
 scanned again) and starts a young collection only after 50,000 new objects, by which time a
 request's objects are usually freed. Cyclic garbage waits longer to be found (up to that
 many objects), so a worker keeps a little more memory between collections (bench/large_requests.py
-part 2: +1.4 MB of RSS over 1,200 sequential requests, against +0.1 MB at CPython's 700).
+part 2 with --sequential 400: +1.4 MB of RSS over 1,200 sequential requests, against +0.1 MB at
+CPython's 700).
 """
 from __future__ import annotations
 

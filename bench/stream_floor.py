@@ -14,8 +14,9 @@ stand-ins, to show how much of that figure amq can act on:
   without the loop probe.
 
 Each prints the worker's CPU per frame the clients received. The two stand-ins send one event
-per upstream read, so they count all of an answer's frames (53 with fastq's typical answer);
-amq counts its text deltas (50 of them), so its figure reads about 5% high beside theirs. CPU time, from
+per upstream read, so they count all of an answer's frames (53 with fastq's typical answer;
+the bare relay 54, as fastq's response head comes in a read of its own); amq counts its text
+deltas (50 of them), so its figure reads about 5% high beside theirs. CPU time, from
 /proc; rounds alternate the three so a shared machine's load weighs on each alike.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ monkey.patch_all()
 import argparse  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -62,8 +64,6 @@ def serve(client):
 while True:
     conn, _ = server.accept(); gevent.spawn(serve, conn)
 '''
-
-
 
 
 def measure(port: int, pid: int, streams: int, seconds: float) -> dict:
@@ -113,7 +113,6 @@ def main(argv=None) -> int:
           f"  load {info['loadavg_start']}", flush=True)
     fake = FastQProcess(delay=args.delay, jitter=args.jitter)
     totals: dict[str, dict] = {}
-    import tempfile  # noqa: PLC0415
     tmp = Path(tempfile.mkdtemp(prefix="amq-floor-"))
     try:
         for _ in range(args.rounds):

@@ -16,9 +16,10 @@ seeds), the bench's requests, and Claude Code-shaped requests from tests.claude_
 When the token estimate changes on purpose (the conversion must not), `--retoken OLD.py`
 re-records only the estimates: each stored digest must first be reproduced by the current
 converter with the estimate of OLD.py (the tokencount module the fixture was written with),
-so the references of the conversion itself stay those of the commit named in the fixture:
+so the references of the conversion itself stay those of the commit named in the fixture.
+OLD.py is amq/tokencount.py as it was before your change (its estimates are the stored ones):
 
-    git show 02ffe69:amq/tokencount.py > /tmp/old_tokencount.py
+    git show HEAD:amq/tokencount.py > /tmp/old_tokencount.py   # before committing the change
     python -m tests.convert_corpus --retoken /tmp/old_tokencount.py
 """
 from __future__ import annotations

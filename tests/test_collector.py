@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 SCRIPT = """
 import gc, json, runpy
@@ -17,7 +18,7 @@ print(json.dumps({"before": before, "after": (gc.get_threshold(), gc.get_freeze_
 
 
 def test_the_worker_hook_freezes_the_loaded_app_and_spaces_out_young_collections(tmp_path):
-    env = {"PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}  # the cleaned test environment
     out = subprocess.run([sys.executable, "-c", SCRIPT], cwd=ROOT, env=env, capture_output=True,
                          text=True, timeout=60, check=True).stdout
     seen = json.loads(out.strip().splitlines()[-1])

@@ -3,7 +3,8 @@
 tests/data/convert_equivalence.json holds what convert_request made of a corpus of requests
 (the conversion and fuzz suites' inputs, the bench's requests) and of generated Claude
 Code-shaped ones, recorded by `python -m tests.convert_corpus` on the commit before the
-speed work. Every conversion (and token estimate) must be the same JSON value, every refusal
+speed work (the token estimates re-recorded since by `--retoken`, when the estimate changed on
+purpose). Every conversion (and token estimate) must be the same JSON value, every refusal
 the same message, whether the request is a plain dict (a direct caller, or a body only the
 stdlib could read) or what amq's body parser returns; the body must also serialise for Q to
 bytes that parse back to that value.
@@ -70,7 +71,6 @@ def test_a_changed_conversion_is_noticed():
     before = digest(got)
     got["body"]["conversationState"]["currentMessage"]["userInputMessage"]["content"] += "."
     assert digest(got) != before
-
 
 
 def _nested(levels: int) -> dict:

@@ -1,4 +1,6 @@
-# bench/stream_floor.py's minimal relay: the settings of amq's gunicorn.conf.py that matter here.
+# bench/stream_floor.py's design-card stand-in: amq's gunicorn.conf.py settings for the worker
+# and its connections. Not amq's collector settings (amq/collector.py, post_worker_init): this
+# worker keeps CPython's, as the plain design card would.
 from gevent import monkey
 
 monkey.patch_all()
