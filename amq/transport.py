@@ -1,7 +1,9 @@
 """The one boundary where network failures (requests, urllib3, sockets) become amq's errors.
 
-Both outside services go through it: Amazon Q (amq/upstream.py) and its token service
-(amq/credentials/oidc.py), as requests' HTTPAdapter.send turns urllib3's errors into its own.
+Every call a request depends on goes through it: Amazon Q (amq/upstream.py) and the token
+service's refreshes (amq/credentials/oidc.py refresh_grant), as requests' HTTPAdapter.send
+turns urllib3's errors into its own. The interactive login (`OidcClient.call`, run by the
+`login` command) is not a request's: it reports an unreachable service as a LoginError.
 """
 from __future__ import annotations
 
